@@ -1,0 +1,132 @@
+"""Detector geometry and the per-event quantities every stage derives from an image.
+
+Image convention (both detectors): an image has shape (H, W) = (rows, columns); axis 0 (row i)
+runs along x, axis 1 (column j) along y, one pixel per quartz fibre, the value is photons
+counted. ZN is 44 x 44 fibres over 7.04 x 7.04 cm (1.6 mm pitch); ZP is 56 x 30 fibres over
+22.4 x 12 cm (4 mm pitch). Geometry figures: ../shared/PHYSICS.md (ALICE ZDC).
+
+Readout channels follow ALICE O2's ZDC fast simulation (PHYSICS.md): a fibre (i, j) with
+i % 2 == j % 2 feeds the quadrant PMT of its quadrant (channels 1-4: i < H/2 and j < W/2 -> 1,
+i < H/2 and j >= W/2 -> 2, i >= H/2 and j < W/2 -> 3, else 4), every other fibre feeds the
+common PMT (channel 5). For ZP the same rule is applied to its 56 x 30 grid.
+
+Legend for array names: N events, H rows, W columns, C = 5 channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from expertsim.errors import DataSchemaError
+
+N_CHANNELS = 5
+
+
+@dataclass(frozen=True)
+class Detector:
+    """Static geometry of one calorimeter.
+
+    Attributes:
+        name: "ZN" or "ZP".
+        shape: image shape (rows along x, columns along y).
+        size_x_cm, size_y_cm: front-face extent in cm.
+        centre_x_cm, centre_y_cm: face centre in the transverse plane at the ZDC, in cm from the
+            outgoing beam axis (ZN sits on the zero-degree line, ZP beside the beam pipe).
+    """
+
+    name: str
+    shape: tuple[int, int]
+    size_x_cm: float
+    size_y_cm: float
+    centre_x_cm: float
+    centre_y_cm: float
+
+    @property
+    def pitch_x_cm(self) -> float:
+        return self.size_x_cm / self.shape[0]
+
+    @property
+    def pitch_y_cm(self) -> float:
+        return self.size_y_cm / self.shape[1]
+
+    @property
+    def n_fibres(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+
+# ZP's transverse offset (19 cm beside the beam axis, on the side where spectator protons are
+# bent) is this package's choice of frame, not a survey figure.
+DETECTORS = {
+    "ZN": Detector("ZN", (44, 44), 7.04, 7.04, 0.0, 0.0),
+    "ZP": Detector("ZP", (56, 30), 22.4, 12.0, 19.0, 0.0),
+}
+
+
+def get_detector(name: str) -> Detector:
+    """Return the detector called ``name`` (case-insensitive: zn, ZN, zp, ZP)."""
+    key = str(name).upper()
+    if key not in DETECTORS:
+        raise DataSchemaError(f"unknown detector {name!r}: use one of {sorted(DETECTORS)}")
+    return DETECTORS[key]
+
+
+def detector_for_shape(shape: tuple[int, ...]) -> Detector:
+    """The detector whose image shape is ``shape`` (H, W)."""
+    for det in DETECTORS.values():
+        if tuple(shape) == det.shape:
+            return det
+    raise DataSchemaError(
+        f"image shape {tuple(shape)} matches no detector (ZN is (44, 44), ZP is (56, 30))"
+    )
+
+
+@lru_cache(maxsize=None)
+def channel_index(shape: tuple[int, int]) -> np.ndarray:
+    """Channel number (0..4 for ALICE channels 1..5) of each fibre, shape (H, W), int64."""
+    rows, cols = shape
+    i = np.arange(rows)[:, None]
+    j = np.arange(cols)[None, :]
+    quadrant = (i >= rows // 2) * 2 + (j >= cols // 2)
+    index = np.where(i % 2 == j % 2, quadrant, 4)
+    index.setflags(write=False)
+    return index
+
+
+def channel_masks(shape: tuple[int, int]) -> np.ndarray:
+    """One-hot channel masks, shape (5, H, W), float32; every fibre is in exactly one mask."""
+    index = channel_index(shape)
+    return (index[None] == np.arange(N_CHANNELS)[:, None, None]).astype(np.float32)
+
+
+def channel_sums(images_NHW: np.ndarray) -> np.ndarray:
+    """The five ALICE channel sums (photons), shape (N, 5), float64."""
+    images_NHW = np.asarray(images_NHW)
+    flat_NP = images_NHW.reshape(images_NHW.shape[0], -1).astype(np.float64, copy=False)
+    index_P = channel_index(tuple(images_NHW.shape[1:])).ravel()
+    sums_NC = np.zeros((flat_NP.shape[0], N_CHANNELS))
+    for channel in range(N_CHANNELS):
+        sums_NC[:, channel] = flat_NP[:, index_P == channel].sum(axis=1)
+    return sums_NC
+
+
+def photon_sums(images_NHW: np.ndarray) -> np.ndarray:
+    """Total photons per event, shape (N,), float64."""
+    images_NHW = np.asarray(images_NHW)
+    return images_NHW.reshape(images_NHW.shape[0], -1).sum(axis=1, dtype=np.float64)
+
+
+def brightest_fibre(images_NHW: np.ndarray) -> np.ndarray:
+    """(row, column) of the brightest fibre per event, shape (N, 2), int16; (-1, -1) if empty.
+
+    Ties go to the first fibre in row-major order.
+    """
+    images_NHW = np.asarray(images_NHW)
+    n_events, _, cols = images_NHW.shape
+    flat_NP = images_NHW.reshape(n_events, -1)
+    arg_N = flat_NP.argmax(axis=1)
+    position_N2 = np.stack([arg_N // cols, arg_N % cols], axis=1).astype(np.int16)
+    position_N2[flat_NP.max(axis=1) <= 0] = -1
+    return position_N2
