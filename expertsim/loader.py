@@ -152,6 +152,13 @@ class EventLoader:
     def n_events(self) -> int:
         return len(self.indices)
 
+    def column(self, name: str) -> np.ndarray:
+        """A per-event quantity (photon_sum, channels, brightest, spread, group) of the
+        loader's events, in file order."""
+        if name not in self._per_event:
+            raise ConfigError(f"no per-event column {name!r}; have {sorted(self._per_event)}")
+        return self._per_event[name][self.indices]
+
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffle of epoch ``epoch`` (iteration also advances it by one)."""
         self.epoch = epoch

@@ -320,3 +320,29 @@ def simulate_events(
                                    np.random.default_rng(batch_seed), params)
         if on_batch is not None:
             on_batch(start, images, conditions_N9[start:stop], pdg_N[start:stop])
+
+
+def simulate_to_file(path, detector: str, n_events: int, *, seed: int, repeat: int = 1,
+                     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+                     params: SimulationParameters = SimulationParameters(),
+                     progress: Callable[[int], None] | None = None) -> None:
+    """Simulate ``n_events`` into a complete event file (what ``expertsim simulate`` does).
+
+    ``progress(n)`` is called with the number of events finished in each batch.
+    """
+    from expertsim.eventfile import EventFileWriter
+    from expertsim.provenance import make_provenance
+
+    provenance = make_provenance(
+        made_by="expertsim simulate", seed=seed,
+        config={"detector": detector.upper(), "n_events": n_events, "repeat": repeat,
+                "split_fractions": list(split_fractions), "parameters": params.as_dict()})
+    with EventFileWriter(path, detector, n_events, provenance=provenance, with_pdg=True,
+                         split_seed=seed, split_fractions=split_fractions) as writer:
+        def write(start, images, conditions, pdg):
+            writer.write(start, images, conditions, pdg)
+            if progress is not None:
+                progress(len(images))
+
+        simulate_events(n_events, detector, seed=seed, repeat=repeat, params=params,
+                        on_batch=write)

@@ -28,13 +28,14 @@ def main() -> None:
     Typical flow:
       expertsim simulate --detector zn -n 100000 -o zn.h5
       expertsim inspect zn.h5 --plot zn.png
+      expertsim train --config training/smoke.yaml
     """
 
 
 def _register() -> None:
-    from expertsim.cli import data
+    from expertsim.cli import data, train
 
-    for command in data.COMMANDS:
+    for command in (*data.COMMANDS, *train.COMMANDS):
         main.add_command(command)
 
 

@@ -50,24 +50,11 @@ def simulate(detector: str, n_events: int, output: str, seed: int, repeat: int,
       expertsim simulate --detector zn -n 100000 -o zn.h5 --seed 1
       expertsim simulate --detector zp -n 20000 --repeat 5 -o zp_rep.h5
     """
-    from expertsim.eventfile import EventFileWriter
-    from expertsim.provenance import make_provenance
-    from expertsim.simulate import SimulationParameters, simulate_events
+    from expertsim.simulate import simulate_to_file
 
-    params = SimulationParameters()
-    provenance = make_provenance(
-        made_by="expertsim simulate", seed=seed,
-        config={"detector": detector.upper(), "n_events": n_events, "repeat": repeat,
-                "split_fractions": split_fractions, "parameters": params.as_dict()})
-    with EventFileWriter(output, detector, n_events, provenance=provenance, with_pdg=True,
-                         split_seed=seed, split_fractions=split_fractions) as writer, \
-            tqdm(total=n_events, unit="ev", desc=f"simulate {detector.upper()}") as bar:
-        def write(start, images, conditions, pdg):
-            writer.write(start, images, conditions, pdg)
-            bar.update(len(images))
-
-        simulate_events(n_events, detector, seed=seed, repeat=repeat, params=params,
-                        on_batch=write)
+    with tqdm(total=n_events, unit="ev", desc=f"simulate {detector.upper()}") as bar:
+        simulate_to_file(output, detector, n_events, seed=seed, repeat=repeat,
+                         split_fractions=split_fractions, progress=bar.update)
     click.echo(f"wrote {n_events} {detector.upper()} events to {output}")
 
 

@@ -1,0 +1,276 @@
+"""Typed, frozen training configuration loaded from YAML, with ``key=value`` overrides.
+
+Unknown keys are errors that name the key and the file; every field is validated in
+``__post_init__`` with a message saying what to fix. Defaults are the published ones
+(PHYSICS.md) unless a comment says otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from expertsim.errors import ConfigError
+
+
+def _positive(section: str, **values: float) -> None:
+    for name, value in values.items():
+        if value is None or value <= 0:
+            raise ConfigError(f"{section}.{name} must be > 0, got {value}")
+
+
+def _non_negative(section: str, **values: float) -> None:
+    for name, value in values.items():
+        if value < 0:
+            raise ConfigError(f"{section}.{name} must be >= 0 (0 switches it off), got {value}")
+
+
+@dataclass(frozen=True)
+class SimulateSpec:
+    """Built-in data: simulate ``n_events`` into data.path first if the file is missing."""
+
+    detector: str = "zn"
+    n_events: int = 20000
+    seed: int = 1
+    repeat: int = 1
+
+    def __post_init__(self) -> None:
+        if self.detector.lower() not in ("zn", "zp"):
+            raise ConfigError(f"data.simulate.detector must be zn or zp, got {self.detector!r}")
+        _positive("data.simulate", n_events=self.n_events, repeat=self.repeat)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = "data/zn.h5"
+    simulate: SimulateSpec | None = None
+    batch_size: int = 512  # published
+    min_photon_sum: float | None = None  # published work used >= 1 (or >= 18)
+    max_photon_sum: float | None = None
+    memory_limit_mb: float = 1024.0
+    val_max_events: int = 5000  # validation pass cost bound
+
+    def __post_init__(self) -> None:
+        _positive("data", batch_size=self.batch_size, memory_limit_mb=self.memory_limit_mb,
+                  val_max_events=self.val_max_events)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_experts: int = 3  # published
+    noise_dim: int = 10  # published; also the O2 ONNX contract
+    generator_channels: int = 32
+    discriminator_channels: int = 16
+    discriminator_features: int = 64
+    router_hidden: int = 64
+    aux_channels: int = 8
+    dispatch: str = "gather"  # how experts run: gather | dense | loop (expertsim.models.layers)
+
+    def __post_init__(self) -> None:
+        if self.dispatch not in ("gather", "dense", "loop"):
+            raise ConfigError(f"model.dispatch must be gather, dense or loop, got "
+                              f"{self.dispatch!r}")
+        _positive("model", n_experts=self.n_experts, noise_dim=self.noise_dim,
+                  router_hidden=self.router_hidden, aux_channels=self.aux_channels,
+                  discriminator_features=self.discriminator_features)
+        if self.generator_channels < 2 or self.generator_channels % 2:
+            raise ConfigError("model.generator_channels must be an even number >= 2, got "
+                              f"{self.generator_channels}")
+        _positive("model", discriminator_channels=self.discriminator_channels)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights; 0 switches a term off."""
+
+    adversarial: float = 1.0
+    diversity: float = 0.1  # published
+    intensity: float = 1e-3  # published
+    auxiliary: float = 1e-3  # published
+    router_gan: float = 0.1  # published
+    differentiation: float = 0.1  # published
+    utilisation_entropy: float = 0.01  # not published: our choice
+    load_balancing: float = 1e-7  # published
+
+    def __post_init__(self) -> None:
+        _non_negative("loss", **dataclasses.asdict(self))
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr_generator: float = 1e-4  # published
+    lr_discriminator: float = 1e-5  # published
+    lr_aux: float = 1e-4  # published
+    lr_router: float = 1e-2  # published
+    beta1: float = 0.5  # DCGAN practice (not published for ExpertSim)
+    beta2: float = 0.999
+    scale_lr_by_routed_fraction: bool = True  # published
+
+    def __post_init__(self) -> None:
+        _positive("optim", lr_generator=self.lr_generator, lr_discriminator=self.lr_discriminator,
+                  lr_aux=self.lr_aux, lr_router=self.lr_router)
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError("optim.beta1 and optim.beta2 must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 150  # published
+    max_steps: int | None = None  # stop after this many steps in total (tests, smoke runs)
+    seed: int = 0
+    device: str = "auto"  # auto = cuda if available, else cpu
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    gumbel_temperature: float = 1.0
+    gumbel_temperature_min: float = 0.5
+    gumbel_anneal: float = 1.0  # temperature *= anneal each epoch, down to the minimum
+    router_warm_start_steps: int = 0  # steps fitting the router to the intensity groups
+    val_every: int = 1  # epochs between validation passes
+    log_every: int = 50  # steps between logged training losses
+    output_dir: str = "runs/default"
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+
+    def __post_init__(self) -> None:
+        _positive("train", epochs=self.epochs, gumbel_temperature=self.gumbel_temperature,
+                  gumbel_temperature_min=self.gumbel_temperature_min,
+                  gumbel_anneal=self.gumbel_anneal, val_every=self.val_every,
+                  log_every=self.log_every)
+        if self.max_steps is not None:
+            _positive("train", max_steps=self.max_steps)
+        _non_negative("train", router_warm_start_steps=self.router_warm_start_steps)
+        if self.device != "auto" and not self.device.startswith(("cpu", "cuda")):
+            raise ConfigError(f"train.device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    enabled: bool = True
+    uri: str = "sqlite:///mlflow.db"  # a local store in the working directory
+    experiment: str = "expertsim"
+    run_name: str | None = None
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "expertsim"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> values, e.g. {"loss.diversity": 0.1} (for experiment tracking)."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for key, inner in value.items():
+                    walk(f"{prefix}.{key}" if prefix else key, inner)
+            else:
+                out[prefix] = value
+
+        walk("", self.to_dict())
+        return out
+
+
+def _build(cls: type, values: Any, where: str, source: str) -> Any:
+    if values is None:
+        return None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: '{where}' must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"{source}: unknown key '{key}' (known keys here: {sorted(known)})")
+    kwargs = {}
+    for name, value in values.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}" if where else name, source)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, where: str, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        return _coerce(args[0], value, where, source)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where, source)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: '{where}' must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: '{where}' must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: '{where}' must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: '{where}' must be a string, got {value!r}")
+        return value
+    return value
+
+
+def config_from_dict(values: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
+    try:
+        return _build(ExperimentConfig, values or {}, "", source)
+    except ConfigError as error:
+        message = str(error)
+        raise ConfigError(message if message.startswith(source) else f"{source}: {message}"
+                          ) from None
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a nested dict."""
+    values = dict(values)
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"--set {override!r}: write it as section.key=value")
+        key, raw = override.split("=", 1)
+        parts = key.strip().split(".")
+        target = values
+        for part in parts[:-1]:
+            inner = target.get(part)
+            target[part] = dict(inner) if isinstance(inner, dict) else {}
+            target = target[part]
+        target[parts[-1]] = yaml.safe_load(raw)
+    return values
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML config file, apply overrides, validate."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    values = apply_overrides(values, overrides or [])
+    source = str(path) + (" (with --set overrides)" if overrides else "")
+    return config_from_dict(values, source)

@@ -1,0 +1,79 @@
+"""Expert conditional generators and discriminators, all experts in one module each."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from expertsim.models.layers import ExpertConv2d, ExpertLinear
+
+N_CONDITIONS = 9
+
+
+class ExpertGenerator(nn.Module):
+    """G_e(z, c): a conditional DCGAN-style generator per expert.
+
+    (z_BZ, c_BK) -> dense -> (2C, H/4, W/4) -> [upsample x2, 3x3 conv] x2 -> 3x3 conv -> ReLU,
+    cropped to (H, W). forward(z_BZ, c_BK, expert_B) -> images_BHW in log(1 + photons) >= 0
+    (exact zeros allowed), each event drawn by its expert.
+    """
+
+    def __init__(self, n_experts: int, image_shape: tuple[int, int], noise_dim: int = 10,
+                 channels: int = 32, dispatch: str = "gather") -> None:
+        super().__init__()
+        self.n_experts, self.image_shape, self.noise_dim = n_experts, tuple(image_shape), noise_dim
+        self.dispatch = dispatch
+        rows, cols = image_shape
+        self.seed_shape = (-(-rows // 4), -(-cols // 4))
+        self.channels = channels
+        self.dense = ExpertLinear(n_experts, noise_dim + N_CONDITIONS,
+                                  2 * channels * self.seed_shape[0] * self.seed_shape[1])
+        self.conv1 = ExpertConv2d(n_experts, 2 * channels, channels)
+        self.conv2 = ExpertConv2d(n_experts, channels, channels // 2)
+        self.conv_out = ExpertConv2d(n_experts, channels // 2, 1)
+
+    def forward(self, z_BZ: torch.Tensor, c_BK: torch.Tensor, expert_B: torch.Tensor
+                ) -> torch.Tensor:
+        mode = self.dispatch
+        h = F.leaky_relu(self.dense(torch.cat([z_BZ, c_BK], dim=1), expert_B, mode), 0.2)
+        h = h.view(z_BZ.shape[0], 2 * self.channels, *self.seed_shape)
+        h = F.interpolate(h, scale_factor=2.0, mode="nearest")
+        h = F.leaky_relu(self.conv1(h, expert_B, mode), 0.2)
+        h = F.interpolate(h, scale_factor=2.0, mode="nearest")
+        h = F.leaky_relu(self.conv2(h, expert_B, mode), 0.2)
+        images_BHW = F.relu(self.conv_out(h, expert_B, mode)).squeeze(1)
+        rows, cols = self.image_shape
+        return images_BHW[:, :rows, :cols]
+
+
+class ExpertDiscriminator(nn.Module):
+    """D_e(x, c) per expert: three stride-2 convolutions, then the conditions join.
+
+    forward(x_BHW, c_BK, expert_B) -> (logits_B, features_BF): each image judged by the
+    discriminator of the expert its event is routed to; features_BF (the penultimate layer)
+    feed the SDI diversity term and the router's differentiation loss.
+    """
+
+    def __init__(self, n_experts: int, image_shape: tuple[int, int], channels: int = 16,
+                 features: int = 64, dispatch: str = "gather") -> None:
+        super().__init__()
+        self.dispatch = dispatch
+        self.conv1 = ExpertConv2d(n_experts, 1, channels, stride=2)
+        self.conv2 = ExpertConv2d(n_experts, channels, 2 * channels, stride=2)
+        self.conv3 = ExpertConv2d(n_experts, 2 * channels, 2 * channels, stride=2)
+        rows, cols = image_shape
+        for _ in range(3):
+            rows, cols = (rows + 1) // 2, (cols + 1) // 2
+        self.hidden = ExpertLinear(n_experts, 2 * channels * rows * cols + N_CONDITIONS, features)
+        self.head = ExpertLinear(n_experts, features, 1)
+
+    def forward(self, x_BHW: torch.Tensor, c_BK: torch.Tensor, expert_B: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        mode = self.dispatch
+        h = F.leaky_relu(self.conv1(x_BHW.unsqueeze(1), expert_B, mode), 0.2)
+        h = F.leaky_relu(self.conv2(h, expert_B, mode), 0.2)
+        h = F.leaky_relu(self.conv3(h, expert_B, mode), 0.2)
+        h_BI = torch.cat([h.flatten(1), c_BK], dim=1)
+        features_BF = F.leaky_relu(self.hidden(h_BI, expert_B, mode), 0.2)
+        return self.head(features_BF, expert_B, mode).squeeze(1), features_BF

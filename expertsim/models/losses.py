@@ -1,0 +1,114 @@
+"""ExpertSim's losses as pure functions (PHYSICS.md, arXiv 2508.20991).
+
+Expert terms return one value per event (shape B), computed with the event's routed expert;
+:func:`routed_mean` averages each expert over its own events and sums over experts. Router
+terms return scalars. Images are log(1 + photons); photon sums are taken in counts space.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-8
+DIVERSITY_FLOOR = 0.1
+
+
+def discriminator_adversarial(real_logits_B: torch.Tensor, fake_logits_B: torch.Tensor
+                              ) -> torch.Tensor:
+    """BCE of D: -log sigmoid(real) - log(1 - sigmoid(fake)), per event."""
+    return F.softplus(-real_logits_B) + F.softplus(fake_logits_B)
+
+
+def generator_adversarial(fake_logits_B: torch.Tensor) -> torch.Tensor:
+    """Non-saturating BCE of G: -log sigmoid(fake), per event."""
+    return F.softplus(-fake_logits_B)
+
+
+def sdi_diversity(features1_BF: torch.Tensor, features2_BF: torch.Tensor,
+                  z1_BZ: torch.Tensor, z2_BZ: torch.Tensor, spread_B: torch.Tensor
+                  ) -> torch.Tensor:
+    """SDI diversity: spread / (mean |f(G(z1,c)) - f(G(z2,c))| / mean |z1 - z2|).
+
+    Two generations of the same condition should differ, in discriminator features, in
+    proportion to how much their noise differs; the penalty is weighted by the condition's
+    normalised response spread (1 where unknown). ``DIVERSITY_FLOOR`` is added to the ratio
+    (our choice): a generator that ignores its noise, as at initialisation, is penalised at
+    most spread / floor instead of without bound.
+    """
+    feature_distance_B = (features1_BF - features2_BF).abs().mean(dim=1)
+    noise_distance_B = (z1_BZ - z2_BZ).abs().mean(dim=1)
+    ratio_B = feature_distance_B / (noise_distance_B + EPS)
+    return spread_B / (ratio_B + DIVERSITY_FLOOR)
+
+
+def intensity(fake_BHW: torch.Tensor, real_BHW: torch.Tensor) -> torch.Tensor:
+    """|photon sum of G(z, c) - photon sum of the true response| (photons), per event."""
+    fake_sum_B = torch.expm1(fake_BHW.float()).sum(dim=(1, 2))
+    real_sum_B = torch.expm1(real_BHW.float()).sum(dim=(1, 2))
+    return (fake_sum_B - real_sum_B).abs()
+
+
+def auxiliary(predicted_B2: torch.Tensor, true_B2: torch.Tensor, valid_B: torch.Tensor
+              ) -> torch.Tensor:
+    """MSE between the regressor's brightest-fibre position on G's image and the true one.
+
+    Positions are normalised to [0, 1]; events whose true image is empty (valid = 0) count 0.
+    """
+    return ((predicted_B2 - true_B2) ** 2).mean(dim=1) * valid_B
+
+
+def routed_mean(loss_B: torch.Tensor, mask_BE: torch.Tensor, count_E: torch.Tensor
+                ) -> torch.Tensor:
+    """Sum over experts of each expert's mean loss over its routed events.
+
+    ``count_E`` is the number of events routed to each expert (the global count under data
+    parallelism, so that per-rank sums add up to the global mean). An expert with no events
+    contributes 0.
+    """
+    return ((loss_B.unsqueeze(1) * mask_BE).sum(dim=0) / count_E.clamp(min=1)).sum()
+
+
+def router_gan_feedback(gates_BE: torch.Tensor, expert_loss_B: torch.Tensor) -> torch.Tensor:
+    """The experts' generator losses fed back: gate of the routed expert * its loss (detached).
+
+    The gate is 1 in the forward pass and carries the soft routing gradient, so the router
+    learns to move an event away from an expert that generates it badly. Per event (B,).
+    """
+    routed_gate_B = (gates_BE * gates_BE.detach()).sum(dim=1)  # forward gates are one-hot
+    return routed_gate_B * expert_loss_B.detach()
+
+
+def expert_differentiation(mean_features_EF: torch.Tensor) -> torch.Tensor:
+    """Mean pairwise cosine similarity of the experts' mean discriminator features.
+
+    ``mean_features_EF`` is each expert's gate-weighted mean feature vector over the events
+    routed to it. Penalises experts whose outputs look alike; 0 for a single expert.
+    """
+    n_experts = mean_features_EF.shape[0]
+    if n_experts < 2:
+        return mean_features_EF.sum() * 0.0
+    unit_EF = F.normalize(mean_features_EF.float(), dim=1)
+    similarity_EE = unit_EF @ unit_EF.T
+    off_diagonal = ~torch.eye(n_experts, dtype=torch.bool, device=unit_EF.device)
+    return similarity_EE[off_diagonal].mean()
+
+
+def utilisation_entropy(mean_probs_E: torch.Tensor) -> torch.Tensor:
+    """log E - H(mean routing probability): 0 when the experts are used equally."""
+    return math.log(mean_probs_E.shape[0]) + (mean_probs_E * torch.log(mean_probs_E + EPS)).sum()
+
+
+def load_balancing(fraction_E: torch.Tensor, mean_probs_E: torch.Tensor) -> torch.Tensor:
+    """Adaptive load balancing: E * sum_e f_e * P_e, scaled by the current imbalance.
+
+    f_e is the fraction of events routed to e, P_e the mean routing probability (Switch
+    Transformer form, 1 when balanced); the factor E * max_e f_e (>= 1, detached) makes the
+    push stronger the more one expert dominates.
+    """
+    n_experts = mean_probs_E.shape[0]
+    fraction_E = fraction_E.detach()
+    imbalance = n_experts * fraction_E.max()
+    return imbalance * n_experts * (fraction_E * mean_probs_E).sum()

@@ -1,0 +1,76 @@
+"""Each loss against a value computed by hand on tiny tensors."""
+
+import math
+
+import pytest
+import torch
+
+from expertsim.models import losses, gumbel_route
+
+
+def test_adversarial_losses():
+    zero = torch.zeros(2)
+    assert losses.discriminator_adversarial(zero, zero).tolist() == pytest.approx([2 * math.log(2)] * 2)
+    assert losses.generator_adversarial(zero).tolist() == pytest.approx([math.log(2)] * 2)
+    assert losses.generator_adversarial(torch.tensor([30.0])).item() == pytest.approx(0, abs=1e-9)
+
+
+def test_sdi_diversity():
+    # feature distance 1, noise distance 2 -> ratio 0.5; spread 2 -> 2 / (0.5 + 0.1) = 3.33
+    value = losses.sdi_diversity(torch.ones(1, 4), torch.zeros(1, 4), torch.ones(1, 3),
+                                 -torch.ones(1, 3), torch.tensor([2.0]))
+    assert value.item() == pytest.approx(2 / 0.6, rel=1e-6)
+    # identical generations: bounded by spread / floor
+    same = losses.sdi_diversity(torch.ones(1, 4), torch.ones(1, 4), torch.ones(1, 3),
+                                -torch.ones(1, 3), torch.tensor([1.0]))
+    assert same.item() == pytest.approx(10.0)
+
+
+def test_intensity_in_photons():
+    fake = torch.zeros(1, 2, 2)
+    real = torch.zeros(1, 2, 2)
+    fake[0, 0, 0] = math.log(1 + 3)  # 3 photons
+    real[0, 1, 1] = math.log(1 + 5)  # 5 photons
+    assert losses.intensity(fake, real).item() == pytest.approx(2.0, rel=1e-6)
+
+
+def test_auxiliary_masks_empty_events():
+    predicted = torch.tensor([[0.5, 0.5], [0.5, 0.5]])
+    true = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    assert losses.auxiliary(predicted, true, torch.tensor([1.0, 0.0])).tolist() == [0.25, 0.0]
+
+
+def test_routed_mean_averages_each_expert_over_its_events():
+    loss = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    mask = torch.tensor([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0]], dtype=torch.float32)
+    count = mask.sum(0)  # expert 2 is empty and contributes 0
+    assert losses.routed_mean(loss, mask, count).item() == pytest.approx(1.5 + 3.5)
+
+
+def test_router_feedback_pushes_away_from_a_bad_expert():
+    logits = torch.zeros(1, 3, requires_grad=True)
+    gumbel = torch.tensor([[0.0, 5.0, 0.0]])  # routes to expert 1
+    gates, _ = gumbel_route(logits, gumbel, temperature=1.0)
+    assert gates.detach().tolist() == [[0.0, 1.0, 0.0]]
+    feedback = losses.router_gan_feedback(gates, torch.tensor([2.0]))
+    assert feedback.item() == pytest.approx(2.0)
+    feedback.sum().backward()
+    assert logits.grad[0, 1] > 0  # gradient descent lowers the logit of the routed expert
+    assert logits.grad[0, 0] < 0 and logits.grad[0, 2] < 0
+
+
+def test_expert_differentiation():
+    same = torch.tensor([[1.0, 2.0], [1.0, 2.0]])
+    orthogonal = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+    assert losses.expert_differentiation(same).item() == pytest.approx(1.0)
+    assert losses.expert_differentiation(orthogonal).item() == pytest.approx(0.0, abs=1e-7)
+    assert losses.expert_differentiation(torch.ones(1, 4)).item() == 0.0
+
+
+def test_utilisation_entropy_and_load_balancing():
+    uniform = torch.full((3,), 1 / 3)
+    one_hot = torch.tensor([1.0, 0.0, 0.0])
+    assert losses.utilisation_entropy(uniform).item() == pytest.approx(0.0, abs=1e-6)
+    assert losses.utilisation_entropy(one_hot).item() == pytest.approx(math.log(3), rel=1e-5)
+    assert losses.load_balancing(uniform, uniform).item() == pytest.approx(1.0)
+    assert losses.load_balancing(one_hot, one_hot).item() == pytest.approx(9.0)

@@ -1,0 +1,145 @@
+"""The trainer on tiny real event files: accounting, resume, pre-emption, tracking."""
+
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from expertsim.checkpoint import load_mixture, load_model_file
+from expertsim.cli import main
+from expertsim.config import config_from_dict
+from expertsim.trainer import Trainer
+
+
+def tiny_config(data_path, output_dir, **train):
+    return config_from_dict({
+        "name": "tiny",
+        "data": {"path": str(data_path), "batch_size": 64, "val_max_events": 300},
+        "model": {"n_experts": 3, "generator_channels": 8, "discriminator_channels": 4,
+                  "discriminator_features": 16, "aux_channels": 4},
+        "train": {"epochs": 2, "seed": 5, "log_every": 1, "output_dir": str(output_dir),
+                  "threads": 1, **train},
+        "tracking": {"enabled": False},
+    })
+
+
+class StubRouter(torch.nn.Module):
+    """Routes by the sign of the first scaled condition (energy): never to expert 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(3))
+
+    def forward(self, c_BK):
+        logits = torch.full((len(c_BK), 3), -1e4) + self.bias
+        logits[:, 0] = torch.where(c_BK[:, 0] > 0, 1e4, -1e4)
+        logits[:, 1] = torch.where(c_BK[:, 0] > 0, -1e4, 1e4)
+        return logits
+
+
+def test_per_expert_accounting_with_a_stub_router_and_an_empty_expert(zn_file, tmp_path):
+    trainer = Trainer(tiny_config(zn_file, tmp_path))
+    trainer.router = StubRouter()
+    trainer.opt_router = torch.optim.SGD(trainer.router.parameters(), lr=0.0)
+    before = trainer.generator.conv1.weight.detach().clone()
+    batch = next(iter(trainer.loader))
+    result = trainer.train_step(batch)
+    expected = [(batch.conditions[:, 0] > 0).sum(), (batch.conditions[:, 0] <= 0).sum(), 0]
+    assert result.count_E.tolist() == expected
+    after = trainer.generator.conv1.weight.detach()
+    assert torch.equal(after[2], before[2]), "the expert without events must not move"
+    assert not torch.equal(after[0], before[0])
+    for value in result.scalars().values():
+        assert torch.isfinite(value).all()
+    assert result.scalars()["expert_fraction_2"] == 0
+
+
+def test_resume_equals_uninterrupted_training(zn_file, tmp_path):
+    straight = Trainer(tiny_config(zn_file, tmp_path / "a", max_steps=6))
+    history = straight.fit().history
+
+    first = Trainer(tiny_config(zn_file, tmp_path / "b", max_steps=3))
+    assert first.fit().status == "stopped"
+    resumed = Trainer(tiny_config(zn_file, tmp_path / "b", max_steps=6))
+    resumed.resume_from(tmp_path / "b" / "checkpoint_last.pt")
+    assert resumed.step == 3 and resumed.batch_in_epoch == 3
+    tail = resumed.fit().history
+    assert [h["train/g_loss"] for h in tail] == [h["train/g_loss"] for h in history[3:]]
+    assert [h["train/d_loss"] for h in tail] == [h["train/d_loss"] for h in history[3:]]
+    for name, tensor in straight.generator.state_dict().items():
+        assert torch.equal(tensor, resumed.generator.state_dict()[name]), name
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(zn_file, tmp_path):
+    trainer = Trainer(tiny_config(zn_file, tmp_path))
+    previous = signal.signal(signal.SIGTERM, lambda *_: trainer.request_stop())
+    try:
+        def progress(t):
+            if t.step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+        result = trainer.fit(progress=progress)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result.status == "preempted" and result.step == 2
+    again = Trainer(tiny_config(zn_file, tmp_path))
+    again.resume_from(tmp_path / "checkpoint_last.pt")
+    assert again.step == 2
+
+
+def test_cli_exits_75_on_sigusr1_and_resumes(zn_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data: {{path: {zn_file}, batch_size: 64, val_max_events: 200}}\n"
+                      "model: {generator_channels: 8, discriminator_channels: 4}\n"
+                      "train: {epochs: 50, output_dir: out, threads: 1}\n"
+                      "tracking: {enabled: false}\n")
+    timer = threading.Timer(8.0, os.kill, (os.getpid(), signal.SIGUSR1))
+    timer.start()
+    try:
+        result = CliRunner().invoke(main, ["train", "--config", str(config)])
+    finally:
+        timer.cancel()
+    assert result.exit_code == 75, result.output
+    assert (tmp_path / "out" / "checkpoint_last.pt").exists()
+    result = CliRunner().invoke(main, ["train", "--config", str(config), "--set",
+                                       "train.epochs=1", "--set", "train.max_steps=1000"])
+    assert "resuming from" in result.output
+
+
+def test_smoke_run_leaves_model_checkpoint_and_mlflow_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, [
+        "train", "--config", os.path.join(os.path.dirname(__file__), "..", "training",
+                                          "smoke.yaml"),
+        "--set", "data.simulate.n_events=3000", "--set", "data.batch_size=64",
+        "--set", "train.epochs=2", "--set", "data.val_max_events=300",
+        "--set", "train.log_every=5"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "runs" / "smoke"
+    for name in ("model.pt", "checkpoint_last.pt", "checkpoint_best.pt"):
+        assert (out / name).stat().st_size > 1000
+    model = load_model_file(out / "model.pt")
+    assert model["detector"] == "ZN" and model["config"]["model"]["n_experts"] == 3
+    mixture, payload = load_mixture(out / "model.pt")
+    with torch.no_grad():
+        images, experts = mixture(torch.randn(16, 10), torch.randn(16, 9))
+    assert images.shape == (16, 44, 44) and torch.isfinite(images).all()
+    assert experts.min() >= 0 and experts.max() < 3
+    assert payload["scaler"]["mean"].shape == (9,)
+
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient("sqlite:///mlflow.db")
+    experiment = client.get_experiment_by_name("expertsim-smoke")
+    run = client.search_runs([experiment.experiment_id])[0]
+    assert run.data.params["loss.diversity"] == "0.1"
+    assert run.data.params["model.n_experts"] == "3"
+    history = client.get_metric_history(run.info.run_id, "val/ws_mean")
+    assert len(history) == 3  # untrained + two epochs
+    assert all(np.isfinite(m.value) for m in history)
+    assert len(client.get_metric_history(run.info.run_id, "train/g_loss")) >= 2
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"model.pt", "checkpoint_last.pt"} <= artifacts
