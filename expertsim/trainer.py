@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,9 @@ class Trainer:
         self.stop_event = threading.Event()
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
+        if config.train.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by CUDA
+        torch.use_deterministic_algorithms(config.train.deterministic, warn_only=True)
         torch.manual_seed(config.train.seed)  # model initialisation
 
         data = config.data

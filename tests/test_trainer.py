@@ -143,3 +143,14 @@ def test_smoke_run_leaves_model_checkpoint_and_mlflow_run(tmp_path, monkeypatch)
     assert len(client.get_metric_history(run.info.run_id, "train/g_loss")) >= 2
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model.pt", "checkpoint_last.pt"} <= artifacts
+
+
+def test_multithreaded_training_is_reproducible(zn_file, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        trainer = Trainer(tiny_config(zn_file, tmp_path / name, max_steps=3, threads=2))
+        trainer.fit()
+        runs.append(trainer.generator.state_dict())
+    torch.set_num_threads(1)
+    for key, tensor in runs[0].items():
+        assert torch.equal(tensor, runs[1][key]), key

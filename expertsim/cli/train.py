@@ -86,9 +86,10 @@ def train(config_path: str, overrides: tuple[str, ...], resume: bool) -> None:
     finally:
         shutdown(context)
     if context.is_main:
+        untrained = "n/a" if trainer.untrained_ws is None else f"{trainer.untrained_ws:.3f}"
         click.echo(
             f"{result.status} at epoch {result.epoch}, step {result.step}; validation channel-WS: "
-            f"untrained {trainer.untrained_ws}, best {result.best_ws:.3f}, mean-image baseline "
+            f"untrained {untrained}, best {result.best_ws:.3f}, mean-image baseline "
             f"{trainer.mean_image_ws:.3f} photons\n"
             f"model: {result.output_dir / 'model.pt'}  MLflow run: {result.run_id} "
             f"({config.tracking.uri if config.tracking.enabled else 'tracking off'})")
