@@ -19,6 +19,8 @@ Layout (schema version 1), N events of a detector with image shape (H, W):
     /split                (N,)       uint8 0 = train, 1 = validation, 2 = test; attrs ``seed``,
                                      ``fractions``; repeats of one condition share a split
     /scaler/mean, /scaler/scale (9,) float64 condition standardisation fitted on the train split
+    /expert, /source_row  (N,)       sample files only: the routed expert, the condition's row
+                                     in the conditions file the sampler read
 
     file attrs: schema_version, detector ("ZN"/"ZP"), image_shape, n_events, provenance (JSON)
 
@@ -90,7 +92,10 @@ class EventFileWriter:
         image_dtype: str | np.dtype = np.uint16,
         split_seed: int = 0,
         split_fractions: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS,
+        extras: dict[str, np.ndarray] | None = None,
     ) -> None:
+        """``extras``: further per-event arrays (N,), written when the file is complete (the
+        caller may fill them while writing events)."""
         if n_events < 1:
             raise DataSchemaError(f"{path}: an event file needs at least one event, got {n_events}")
         check_split_fractions(split_fractions)
@@ -102,6 +107,12 @@ class EventFileWriter:
         self.image_dtype = np.dtype(image_dtype)
         self.split_seed = int(split_seed)
         self.split_fractions = tuple(float(f) for f in split_fractions)
+        self.extras = extras or {}
+        for name, values in self.extras.items():
+            if name in ("images", "conditions", "pdg", "split", "derived", "scaler") or \
+                    len(values) != n_events:
+                raise DataSchemaError(f"{path}: extra dataset {name!r} must be a new name with "
+                                      f"{n_events} values")
         self._written = 0
         self._atomic: contextlib.AbstractContextManager | None = None
         self._file: h5py.File | None = None
@@ -153,6 +164,9 @@ class EventFileWriter:
                 if self._written != self.n_events:
                     raise DataSchemaError(
                         f"{self.path}: {self._written} of {self.n_events} events were written")
+                for name, values in self.extras.items():
+                    self._file.create_dataset(name, data=values, compression="gzip",
+                                              compression_opts=1)
                 finalize(self._file, self.detector, self.provenance,
                          split_seed=self.split_seed, split_fractions=self.split_fractions)
         except BaseException as error:

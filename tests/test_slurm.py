@@ -2,6 +2,9 @@
 
 import sys
 import time
+
+import h5py
+import numpy as np
 from pathlib import Path
 
 import pytest
@@ -68,3 +71,25 @@ def test_signalled_job_checkpoints_requeues_and_finishes(cluster, zn_file, tmp_p
     assert "requeueing job" in text and "resuming from" in text
     assert "stopped at epoch" in text and ", step 300;" in text
     assert load_checkpoint(tmp_path / "out" / "checkpoint_last.pt")[1]["step"] == 300
+
+
+def test_array_sampling_job_matches_one_unsharded_run(cluster, zn_file, tmp_path):
+    from expertsim.sampling import merge_shards, sample_to_file
+    from tests.test_sampling import make_model
+
+    model = make_model(zn_file, tmp_path / "model")
+    job = cluster.submit("--array=0-2", f"--output={tmp_path}/sample-%a.out",
+                         str(REPO / "slurm" / "sample_array.sbatch"), str(model), str(zn_file),
+                         str(tmp_path / "shards"), "--seed", "11", "--device", "cpu",
+                         env=job_env())
+    for task in range(3):
+        info = cluster.wait(f"{job}_{task}", ("COMPLETED", "FAILED", "CANCELLED"))
+        assert info["JobState"] == "COMPLETED", (tmp_path / f"sample-{task}.out").read_text()
+    shards = sorted((tmp_path / "shards").glob("shard_*.h5"))
+    assert len(shards) == 3
+    merge_shards(shards, tmp_path / "merged.h5")
+    sample_to_file(model, zn_file, tmp_path / "single.h5", seed=11)
+    with h5py.File(tmp_path / "merged.h5") as merged, h5py.File(tmp_path / "single.h5") as single:
+        assert merged["images"][:].sum() > 0
+        for key in ("images", "expert", "conditions"):
+            assert np.array_equal(merged[key][:], single[key][:]), key

@@ -29,13 +29,14 @@ def main() -> None:
       expertsim simulate --detector zn -n 100000 -o zn.h5
       expertsim inspect zn.h5 --plot zn.png
       expertsim train --config training/smoke.yaml
+      expertsim sample --model runs/smoke/model.pt --conditions data/smoke_zn.h5 -o gen.h5
     """
 
 
 def _register() -> None:
-    from expertsim.cli import data, train
+    from expertsim.cli import data, sample, train
 
-    for command in (*data.COMMANDS, *train.COMMANDS):
+    for command in (*data.COMMANDS, *train.COMMANDS, *sample.COMMANDS):
         main.add_command(command)
 
 

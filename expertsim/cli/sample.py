@@ -1,0 +1,69 @@
+"""Sampling commands: sample, merge."""
+
+from __future__ import annotations
+
+import click
+from tqdm import tqdm
+
+
+@click.command()
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
+              help="Model file written by expertsim train (model.pt).")
+@click.option("--conditions", "conditions_path", required=True, type=click.Path(dir_okay=False),
+              help="Event file (.h5), .npz (key 'conditions') or .csv with the nine columns.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Event file to write (counts space).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Noise seed (recorded).")
+@click.option("--repeat", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Responses per condition.")
+@click.option("--shard", "shard_text", default="0/1", show_default=True, metavar="I/N",
+              help="Generate only shard I (0-based) of N contiguous condition ranges.")
+@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default="auto", show_default=True,
+              help="auto (CUDA if present), cpu or cuda[:N].")
+def sample(model_path, conditions_path, output, seed, repeat, shard_text, batch_size,
+           device) -> None:
+    """Generate events for the given conditions with a trained model.
+
+    Shards of one run (same model, seed, repeat) hold exactly the rows of the unsharded run;
+    join them with `expertsim merge`.
+
+    \b
+    Examples:
+      expertsim sample --model runs/smoke/model.pt --conditions data/smoke_zn.h5 -o gen.h5
+      expertsim sample --model model.pt --conditions particles.csv --repeat 5 -o gen.h5
+      expertsim sample --model model.pt --conditions mc.h5 --shard 3/10 -o gen_3.h5
+    """
+    from expertsim.sampling import Shard, describe, read_conditions, sample_to_file
+    from expertsim.trainer import select_device
+
+    shard = Shard.parse(shard_text)
+    first, stop = shard.bounds(len(read_conditions(conditions_path)[0]))
+    with tqdm(total=(stop - first) * repeat, unit="ev", desc="sample") as bar:
+        sample_to_file(model_path, conditions_path, output, seed=seed, repeat=repeat,
+                       shard=shard, batch_size=batch_size,
+                       device=str(select_device(device)), progress=bar.update)
+    click.echo(f"wrote {output}: {describe(output)}")
+
+
+@click.command()
+@click.argument("shards", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Merged event file to write.")
+def merge(shards, output) -> None:
+    """Join the shard files of one sampling run into one event file.
+
+    Refuses shards of different models, detectors, seeds or runs, and missing shards.
+
+    \b
+    Example:
+      expertsim merge gen_0.h5 gen_1.h5 gen_2.h5 -o gen.h5
+    """
+    from expertsim.sampling import describe, merge_shards
+
+    with tqdm(unit="ev", desc="merge") as bar:
+        merge_shards(list(shards), output, progress=bar.update)
+    click.echo(f"wrote {output}: {describe(output)}")
+
+
+COMMANDS = (sample, merge)

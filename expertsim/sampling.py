@@ -1,0 +1,239 @@
+"""Generating events with a trained model, at any scale, reproducibly.
+
+Output rows: every condition repeated ``repeat`` times in a row (output row j belongs to
+condition j // repeat). The noise of output row j comes from block j // NOISE_BLOCK of a stream
+seeded by (seed, block), so a run split into shards (``--shard I/N``: a contiguous range of
+conditions) produces exactly the rows of the unsharded run, and ``merge`` joins the shards.
+
+Generated images are returned to counts space, expm1 of the model's log(1 + photons) output,
+and rounded to whole photons, so sample files look like Monte Carlo files to every later stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from expertsim.checkpoint import load_mixture
+from expertsim.errors import ConfigError, DataSchemaError
+from expertsim.eventfile import (CONDITION_COLUMNS, EventFileWriter, check_event_file,
+                                 open_event_file)
+from expertsim.provenance import file_sha256, make_provenance
+
+NOISE_BLOCK = 4096
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` (0-based) of ``count``: a contiguous range of the conditions."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        """Parse "I/N" (0 <= I < N)."""
+        try:
+            index, count = (int(v) for v in text.split("/"))
+        except ValueError:
+            raise ConfigError(f"shard {text!r}: write it as I/N, e.g. 3/10") from None
+        if not 0 <= index < count:
+            raise ConfigError(f"shard {text!r}: need 0 <= I < N")
+        return cls(index, count)
+
+    def bounds(self, n_conditions: int) -> tuple[int, int]:
+        return (self.index * n_conditions // self.count,
+                (self.index + 1) * n_conditions // self.count)
+
+
+def read_conditions(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """Raw conditions (N, 9) and optional PDG ids from an event file, an npz or a CSV.
+
+    npz: key ``conditions`` (N, 9), optional ``pdg``. CSV: a header naming the nine columns
+    (E, vx, vy, vz, px, py, pz, mass, charge; any order, extra columns ignored).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataSchemaError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    pdg = None
+    if suffix in (".h5", ".hdf5"):
+        with open_event_file(path) as handle:
+            if "conditions" not in handle:
+                raise DataSchemaError(f"{path}: missing dataset '/conditions'")
+            conditions = handle["conditions"][:].astype(np.float64)
+            pdg = handle["pdg"][:] if "pdg" in handle else None
+    elif suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            if "conditions" not in archive.files:
+                raise DataSchemaError(f"{path}: missing key 'conditions' (have {archive.files})")
+            conditions = archive["conditions"].astype(np.float64)
+            pdg = archive["pdg"] if "pdg" in archive.files else None
+    elif suffix == ".csv":
+        with open(path) as handle:
+            header = [h.strip() for h in handle.readline().split(",")]
+        missing = [c for c in CONDITION_COLUMNS if c not in header]
+        if missing:
+            raise DataSchemaError(f"{path}: CSV header lacks column(s) {missing} "
+                                  f"(need {', '.join(CONDITION_COLUMNS)})")
+        table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+        conditions = table[:, [header.index(c) for c in CONDITION_COLUMNS]]
+    else:
+        raise DataSchemaError(f"{path}: unknown conditions format {suffix!r} "
+                              "(use an event file .h5, an .npz or a .csv)")
+    if conditions.ndim != 2 or conditions.shape[1] != 9:
+        raise DataSchemaError(f"{path}: conditions must have shape (N, 9), got {conditions.shape}")
+    if not np.isfinite(conditions).all():
+        row = int(np.flatnonzero(~np.isfinite(conditions).all(1))[0])
+        raise DataSchemaError(f"{path}: conditions hold NaN or inf (first at row {row})")
+    return conditions, pdg
+
+
+def _noise_rows(seed: int, first: int, stop: int, noise_dim: int) -> torch.Tensor:
+    """Standard-normal noise for output rows [first, stop), independent of how rows are split."""
+    parts = []
+    for block in range(first // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK + 1):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + block)
+        noise = torch.randn(NOISE_BLOCK, noise_dim, generator=generator)
+        lo = max(first, block * NOISE_BLOCK) - block * NOISE_BLOCK
+        hi = min(stop, (block + 1) * NOISE_BLOCK) - block * NOISE_BLOCK
+        parts.append(noise[lo:hi])
+    return torch.cat(parts)
+
+
+def sample_to_file(
+    model_path: str | os.PathLike,
+    conditions_path: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    seed: int = 0,
+    repeat: int = 1,
+    shard: Shard = Shard(),
+    batch_size: int = 4096,
+    device: str = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Generate ``repeat`` responses per condition of the shard and write an event file.
+
+    The file carries ``/expert`` (the expert each event was routed to), ``/source_row`` (the
+    condition's row in the conditions file) and provenance (model SHA-256, seed, shard).
+    """
+    if repeat < 1 or batch_size < 1:
+        raise ConfigError("repeat and batch_size must be >= 1")
+    mixture, payload = load_mixture(model_path)
+    mixture = mixture.to(device)
+    mean = payload["scaler"]["mean"].numpy()
+    scale = payload["scaler"]["scale"].numpy()
+    noise_dim = payload["config"]["model"]["noise_dim"]
+    conditions, pdg = read_conditions(conditions_path)
+    first_condition, stop_condition = shard.bounds(len(conditions))
+    n_rows = (stop_condition - first_condition) * repeat
+    if n_rows == 0:
+        raise ConfigError(f"shard {shard.index}/{shard.count} of {len(conditions)} conditions "
+                          "is empty; use fewer shards")
+    source_row = np.repeat(np.arange(first_condition, stop_condition), repeat)
+    first_row = first_condition * repeat
+    provenance = make_provenance(
+        made_by="expertsim sample", seed=seed, inputs=[model_path, conditions_path],
+        config={"model_sha256": file_sha256(model_path), "repeat": repeat,
+                "shard": [shard.index, shard.count], "n_conditions": len(conditions),
+                "rows": [first_row, first_row + n_rows], "noise_block": NOISE_BLOCK})
+    experts = np.empty(n_rows, dtype=np.int8)
+    with EventFileWriter(output, payload["detector"], n_rows, provenance=provenance,
+                         with_pdg=pdg is not None, image_dtype=np.uint32, split_seed=seed,
+                         extras={"expert": experts, "source_row": source_row}) as writer:
+        for start in range(0, n_rows, batch_size):
+            stop = min(start + batch_size, n_rows)
+            raw_B9 = conditions[source_row[start:stop]]
+            c_BK = torch.from_numpy(((raw_B9 - mean) / scale).astype(np.float32)).to(device)
+            z_BZ = _noise_rows(seed, first_row + start, first_row + stop, noise_dim).to(device)
+            with torch.no_grad():
+                image_BHW, expert_B = mixture(z_BZ, c_BK)
+            counts = np.rint(torch.expm1(image_BHW.float()).cpu().numpy())
+            experts[start:stop] = expert_B.cpu().numpy()
+            writer.write(start, counts.astype(np.uint32), raw_B9,
+                         None if pdg is None else pdg[source_row[start:stop]])
+            if progress is not None:
+                progress(stop - start)
+    return Path(output)
+
+
+def merge_shards(shards: list[str | os.PathLike], output: str | os.PathLike,
+                 progress: Callable[[int], None] | None = None) -> Path:
+    """Join shard files of one sampling run into one event file, in shard order.
+
+    Refuses shards made by different models, detectors, seeds or repeat counts, missing or
+    duplicated shards, and shards of different runs.
+    """
+    if not shards:
+        raise ConfigError("merge needs at least one shard file")
+    records = []
+    for path in shards:
+        info = check_event_file(path)
+        config = info.provenance.get("config", {})
+        if info.provenance.get("made_by") != "expertsim sample" or "shard" not in config:
+            raise DataSchemaError(f"{path}: not a shard written by 'expertsim sample'")
+        records.append((path, info, config))
+    reference_path, reference, reference_config = records[0]
+    for path, info, config in records[1:]:
+        for what, ours, theirs in (
+                ("detector", info.detector.name, reference.detector.name),
+                ("model (SHA-256)", config["model_sha256"], reference_config["model_sha256"]),
+                ("seed", info.provenance.get("seed"), reference.provenance.get("seed")),
+                ("repeat", config["repeat"], reference_config["repeat"]),
+                ("shard count", config["shard"][1], reference_config["shard"][1]),
+                ("number of conditions", config["n_conditions"],
+                 reference_config["n_conditions"])):
+            if ours != theirs:
+                raise DataSchemaError(f"{path}: {what} {ours!r} differs from {reference_path}'s "
+                                      f"{theirs!r}; these shards are not from one run")
+    indices = sorted(config["shard"][0] for _, _, config in records)
+    expected = list(range(reference_config["shard"][1]))
+    if indices != expected:
+        missing = sorted(set(expected) - set(indices))
+        duplicated = sorted({i for i in indices if indices.count(i) > 1})
+        raise DataSchemaError(f"shards incomplete: missing {missing}, duplicated {duplicated}")
+    records.sort(key=lambda record: record[2]["shard"][0])
+    n_events = sum(info.n_events for _, info, _ in records)
+    experts = np.empty(n_events, dtype=np.int8)
+    source_row = np.empty(n_events, dtype=np.int64)
+    provenance = make_provenance(
+        made_by="expertsim merge", seed=reference.provenance.get("seed"),
+        inputs=[path for path, _, _ in records], hash_inputs=False,
+        config={**{k: v for k, v in reference_config.items() if k not in ("shard", "rows")},
+                "merged_shards": len(records)})
+    with EventFileWriter(output, reference.detector, n_events, provenance=provenance,
+                         with_pdg=reference.has_pdg, image_dtype=reference.image_dtype,
+                         split_seed=reference.provenance.get("seed") or 0,
+                         extras={"expert": experts, "source_row": source_row}) as writer:
+        offset = 0
+        for path, info, _ in records:
+            with open_event_file(path) as handle:
+                experts[offset:offset + info.n_events] = handle["expert"][:]
+                source_row[offset:offset + info.n_events] = handle["source_row"][:]
+                for start in range(0, info.n_events, 16384):
+                    stop = min(start + 16384, info.n_events)
+                    writer.write(offset + start, handle["images"][start:stop],
+                                 handle["conditions"][start:stop],
+                                 handle["pdg"][start:stop] if info.has_pdg else None)
+                    if progress is not None:
+                        progress(stop - start)
+            offset += info.n_events
+    return Path(output)
+
+
+def describe(path: str | os.PathLike) -> str:
+    """One line on a sample file: events, expert use, model."""
+    info = check_event_file(path)
+    with open_event_file(path) as handle:
+        experts = handle["expert"][:] if "expert" in handle else np.empty(0, dtype=int)
+    use = np.bincount(experts.astype(int)) / max(len(experts), 1) if len(experts) else []
+    model = info.provenance.get("config", {}).get("model_sha256", "?")[:16]
+    return (f"{info.n_events} {info.detector.name} events, expert use "
+            f"{json.dumps([round(float(u), 3) for u in use])}, model {model}")

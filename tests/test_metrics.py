@@ -1,0 +1,67 @@
+"""Metrics against analytic answers."""
+
+import math
+
+import numpy as np
+import pytest
+
+from expertsim import metrics
+
+
+@pytest.fixture()
+def rng():
+    return np.random.default_rng(0)
+
+
+def test_wasserstein_of_shifted_and_scaled_gaussians(rng):
+    a = rng.normal(0.0, 1.0, (40000, 5))
+    shifted = rng.normal(3.0, 1.0, (40000, 5))
+    np.testing.assert_allclose(metrics.channel_wasserstein(a, shifted), 3.0, atol=0.05)
+    wide = rng.normal(0.0, 2.0, 40000)
+    # same mean: W1 = |sigma1 - sigma2| * sqrt(2 / pi)
+    expected = 1.0 * math.sqrt(2 / math.pi)
+    assert metrics.distribution_distances(a[:, 0], wide)["wasserstein"] == pytest.approx(
+        expected, abs=0.03)
+
+
+def test_ks_statistic_bounds(rng):
+    a = rng.normal(size=1000)
+    assert metrics.distribution_distances(a, a)["ks"] == 0.0
+    assert metrics.distribution_distances(a, a + 100)["ks"] == 1.0
+
+
+def test_small_samples_warn():
+    with pytest.warns(UserWarning, match="fewer than 100 events"):
+        metrics.channel_wasserstein(np.zeros((10, 5)), np.zeros((10, 5)))
+
+
+def test_shower_shape_of_a_gaussian_blob():
+    rows, cols = np.meshgrid(np.arange(44), np.arange(44), indexing="ij")
+    blob = 1000 * np.exp(-((rows - 20.0) ** 2 / (2 * 2.0 ** 2) + (cols - 22.0) ** 2 / (2 * 3.0 ** 2)))
+    shape = metrics.shower_shape(np.stack([blob, np.zeros((44, 44))]))
+    assert shape["centroid_x"][0] == pytest.approx(20.0, abs=1e-6)
+    assert shape["centroid_y"][0] == pytest.approx(22.0, abs=1e-6)
+    assert shape["width_x"][0] == pytest.approx(2.0, rel=1e-3)
+    assert shape["width_y"][0] == pytest.approx(3.0, rel=1e-3)
+    assert np.isnan(shape["centroid_x"][1])
+    assert metrics.fibres_hit(np.stack([blob > 500, np.zeros((44, 44))])).tolist()[1] == 0
+
+
+def test_response_vs_energy(rng):
+    energy = rng.uniform(0, 100, 40000)
+    photons = 2.0 * energy * (1 + 0.1 * rng.standard_normal(40000))
+    # narrow bins, so that the energy spread inside a bin adds nothing visible
+    result = metrics.response_vs_energy(energy, photons, np.array([40.0, 40.5, 60.0, 60.5, 200.0]))
+    np.testing.assert_allclose(result["mean"][[0, 2]], [80.5, 120.5], rtol=0.02)
+    np.testing.assert_allclose(result["resolution"][[0, 2]], 0.1, atol=0.015)
+    assert result["count"][3] == pytest.approx(40000 * 0.395, rel=0.05)
+
+
+def test_auc_identical_and_separable_sets(rng):
+    assert metrics.roc_auc(np.ones(50), np.ones(50)) == 0.5
+    same_a, same_b = rng.normal(size=(3000, 4)), rng.normal(size=(3000, 4))
+    assert metrics.classifier_auc(same_a, same_b, seed=1) == pytest.approx(0.5, abs=0.05)
+    shifted = rng.normal(size=(3000, 4)) + np.array([1.5, 0, 0, 0])
+    assert metrics.classifier_auc(shifted, same_b, seed=1) > 0.8
+    assert metrics.classifier_auc(shifted, same_b, seed=1) == metrics.classifier_auc(
+        shifted, same_b, seed=1)
