@@ -13,8 +13,6 @@ import warnings
 import numpy as np
 from scipy.stats import ks_2samp, wasserstein_distance
 
-from expertsim.detector import channel_sums
-
 MIN_TRUSTED_EVENTS = 100
 
 
@@ -42,12 +40,6 @@ def channel_wasserstein(generated_NC: np.ndarray, reference_MC: np.ndarray) -> n
     _warn_if_small(generated_NC, reference_MC)
     return np.array([wasserstein_distance(generated_NC[:, k], reference_MC[:, k])
                      for k in range(generated_NC.shape[1])])
-
-
-def channel_ws_from_images(generated_NHW: np.ndarray, reference_channels_MC: np.ndarray
-                           ) -> np.ndarray:
-    """Per-channel Wasserstein-1 (photons) of generated images (counts space) vs reference."""
-    return channel_wasserstein(channel_sums(generated_NHW), reference_channels_MC)
 
 
 def distribution_distances(generated_N: np.ndarray, reference_M: np.ndarray) -> dict[str, float]:

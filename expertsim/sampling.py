@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from expertsim.checkpoint import load_mixture
+from expertsim.convert import check_conditions
 from expertsim.errors import ConfigError, DataSchemaError
 from expertsim.eventfile import (CONDITION_COLUMNS, EventFileWriter, check_event_file,
                                  open_event_file)
@@ -87,12 +88,7 @@ def read_conditions(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | N
     else:
         raise DataSchemaError(f"{path}: unknown conditions format {suffix!r} "
                               "(use an event file .h5, an .npz or a .csv)")
-    if conditions.ndim != 2 or conditions.shape[1] != 9:
-        raise DataSchemaError(f"{path}: conditions must have shape (N, 9), got {conditions.shape}")
-    if not np.isfinite(conditions).all():
-        row = int(np.flatnonzero(~np.isfinite(conditions).all(1))[0])
-        raise DataSchemaError(f"{path}: conditions hold NaN or inf (first at row {row})")
-    return conditions, pdg
+    return check_conditions(conditions, len(conditions), str(path)), pdg
 
 
 def _noise_rows(seed: int, first: int, stop: int, noise_dim: int) -> torch.Tensor:
