@@ -20,10 +20,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -e '.[dev]'
 	touch $@
 
-# Main job: simulate built-in ZN data (if missing), train the 3-expert smoke model, show the data.
+# Main job on built-in data: simulate and train the 3-expert smoke model, simulate an independent
+# held-out Monte Carlo sample (every particle twice, for the noise floor), generate on its
+# conditions and validate; ends with the headline numbers and where the report and runs are.
 run: setup
 	$(BIN)/expertsim train --config training/smoke.yaml
-	$(BIN)/expertsim inspect data/smoke_zn.h5 --plot runs/smoke/data.png
+	test -f data/smoke_zn_mc.h5 || $(BIN)/expertsim simulate --detector zn -n 10000 --repeat 2 \
+		--seed 99 -o data/smoke_zn_mc.h5
+	$(BIN)/expertsim validate --model runs/smoke/model.pt --reference data/smoke_zn_mc.h5 \
+		--min-photon-sum 1 -o runs/smoke/report
+	@echo "MLflow runs: sqlite:///mlflow.db, experiment expertsim-smoke" \
+		"(browse: pip install mlflow; mlflow ui --backend-store-uri sqlite:///mlflow.db)"
 
 # The SLURM tests start a real single-node SLURM: install it when we are root on Debian and it
 # is missing (elsewhere those tests skip and say why).

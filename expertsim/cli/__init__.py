@@ -34,9 +34,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from expertsim.cli import data, sample, train
+    from expertsim.cli import data, sample, train, validate
 
-    for command in (*data.COMMANDS, *train.COMMANDS, *sample.COMMANDS):
+    for command in (*data.COMMANDS, *train.COMMANDS, *sample.COMMANDS, *validate.COMMANDS):
         main.add_command(command)
 
 

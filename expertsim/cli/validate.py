@@ -1,0 +1,89 @@
+"""The validate command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+EXIT_THRESHOLDS_FAILED = 3
+
+
+@click.command()
+@click.option("--reference", required=True, type=click.Path(dir_okay=False),
+              help="Monte Carlo event file (held-out events).")
+@click.option("--generated", "generated", multiple=True, type=click.Path(dir_okay=False),
+              help="Generated event file made on the reference's conditions (repeatable: "
+                   "several generations give mean +- std).")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
+              help="Instead of --generated: generate with this model on the reference first.")
+@click.option("--generations", default=3, show_default=True, type=click.IntRange(min=1),
+              help="With --model: how many generations (seeds seed, seed+1, ...).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Report folder (metrics.json, PNGs, index.html).")
+@click.option("--thresholds", type=click.Path(dir_okay=False), default=None,
+              help="JSON or YAML {metric.path: maximum}; exit 3 if any is exceeded.")
+@click.option("--split", default="all", show_default=True,
+              type=click.Choice(["all", "train", "val", "test"]),
+              help="Use only this split of the reference (with --model).")
+@click.option("--min-photon-sum", type=float, default=None,
+              help="Use only reference events with at least this many photons (with --model; "
+                   "match the training filter).")
+@click.option("--mlflow-run", default=None, help="Also log the headline numbers to this run.")
+def validate(reference, generated, model_path, generations, seed, output, thresholds, split,
+             min_photon_sum, mlflow_run) -> None:
+    """Compare generated events with Monte Carlo and write a report.
+
+    \b
+    Examples:
+      expertsim validate --model runs/smoke/model.pt --reference data/smoke_zn_mc.h5 \
+          --min-photon-sum 1 -o report/
+      expertsim validate --generated gen.h5 --reference mc.h5 -o report/ --thresholds limits.yaml
+    """
+    import yaml
+
+    from expertsim.errors import ConfigError
+    from expertsim.sampling import sample_to_file
+    from expertsim.validation import select_reference, validate as run_validation
+
+    if bool(generated) == bool(model_path):
+        raise ConfigError("give either --generated files or --model, not both or neither")
+    files = list(generated)
+    if (split != "all" or min_photon_sum is not None) and not model_path:
+        raise ConfigError("--split and --min-photon-sum select the conditions to generate on: "
+                          "use them with --model")
+    if model_path:
+        Path(output).mkdir(parents=True, exist_ok=True)
+        if split != "all" or min_photon_sum is not None:
+            reference = str(select_reference(reference, Path(output) / "reference.h5",
+                                             split=split, min_photon_sum=min_photon_sum))
+        for k in range(generations):
+            path = Path(output) / f"generated_{k}.h5"
+            sample_to_file(model_path, reference, path, seed=seed + k)
+            files.append(str(path))
+    limits = yaml.safe_load(Path(thresholds).read_text()) if thresholds else None
+    report = run_validation(files, reference, output, thresholds=limits, seed=seed)
+    headline = report["headline"]
+    floor = report["floor"]
+    click.echo(f"channel-WS {headline['ws_mean']:.3f} +- {headline['ws_mean_std']:.3f} photons "
+               f"(MC floor {floor['ws_mean']:.3f})" if floor else
+               f"channel-WS {headline['ws_mean']:.3f} +- {headline['ws_mean_std']:.3f} photons "
+               "(no repeated MC: no floor)")
+    click.echo(f"classifier AUC {report['classifier_auc']:.3f}; report: {output}/index.html")
+    if mlflow_run:
+        from expertsim.config import TrackingConfig
+        from expertsim.tracking import make_tracker
+
+        tracker = make_tracker(True, TrackingConfig().uri, "expertsim", None)
+        tracker.start({}, run_id=mlflow_run)
+        tracker.log_metrics({"validate/ws_mean": headline["ws_mean"],
+                             "validate/classifier_auc": report["classifier_auc"]}, step=0)
+        tracker.log_artifact(Path(output) / "metrics.json")
+        tracker.finish()
+    if not report["passed"]:
+        click.echo("thresholds failed: " + "; ".join(report["failed_thresholds"]), err=True)
+        raise SystemExit(EXIT_THRESHOLDS_FAILED)
+
+
+COMMANDS = (validate,)

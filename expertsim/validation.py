@@ -1,0 +1,347 @@
+"""The validation suite: generated events against Monte Carlo, metric by metric.
+
+``validate`` compares one or more generated event files (each made on the reference's
+conditions, e.g. by ``expertsim sample --conditions MC.h5``; rows are paired through
+``/source_row``) with the reference Monte Carlo and writes a report folder: ``metrics.json``
+(schema below), PNG plots and ``index.html``. Every number is computed by the pure functions
+of :mod:`expertsim.metrics`; the trainer's validation uses the same ones.
+
+metrics.json (schema_version 1):
+    headline: ws_channels (5, photons, mean over generations), ws_mean, ws_mean_std
+    photon_sum: wasserstein (photons), ks; fraction_empty: generated, reference
+    fibres_hit, brightest_row, brightest_col, centroid_x, centroid_y, width_x, width_y:
+        wasserstein (fibres), ks - shape metrics over non-empty events
+    classifier_auc: generated vs reference (0.5 = indistinguishable)
+    per_expert, per_group: {label: {n, ws_mean}}
+    response_vs_energy: edges (GeV), generated/reference: {count, mean, resolution}
+    floor: the same headline/photon_sum/shape metrics between two independent halves of the
+        reference's repeated simulations (null without repeats)
+    thresholds, passed: the thresholds file's limits and whether all hold
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from expertsim import __version__
+from expertsim import metrics
+from expertsim.detector import brightest_fibre, channel_sums
+from expertsim.errors import ConfigError, DataSchemaError
+from expertsim.eventfile import atomic_path, check_event_file, open_event_file
+
+REPORT_SCHEMA_VERSION = 1
+SHAPE_KEYS = ("fibres_hit", "brightest_row", "brightest_col", "centroid_x", "centroid_y",
+              "width_x", "width_y")
+
+
+def event_features(images_NHW: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-event observables of counts-space images: photon_sum, channels (N, 5), and the
+    shape keys (fibre units; NaN for empty events)."""
+    images_NHW = np.asarray(images_NHW, dtype=np.float64)
+    channels = channel_sums(images_NHW)
+    photon_sum = channels.sum(axis=1)
+    empty = photon_sum <= 0
+    brightest = brightest_fibre(images_NHW).astype(np.float64)
+    brightest[empty] = np.nan
+    hit = metrics.fibres_hit(images_NHW).astype(np.float64)
+    return {"photon_sum": photon_sum, "channels": channels, "fibres_hit": hit,
+            "brightest_row": brightest[:, 0], "brightest_col": brightest[:, 1],
+            **metrics.shower_shape(images_NHW)}
+
+
+def _read(path: Path) -> dict[str, np.ndarray]:
+    check_event_file(path)
+    with open_event_file(path) as handle:
+        images = handle["images"][:]
+        out = event_features(images)
+        out["images"] = images
+        out["energy"] = handle["conditions"][:, 0]
+        out["group"] = handle["derived/group"][:]
+        out["condition_id"] = handle["derived/condition_id"][:]
+        for key in ("expert", "source_row"):
+            if key in handle:
+                out[key] = handle[key][:]
+    return out
+
+
+def compare(generated: dict, reference: dict) -> dict[str, Any]:
+    """Headline, photon-sum, emptiness and shape metrics of two feature sets."""
+    ws = metrics.channel_wasserstein(generated["channels"], reference["channels"])
+    result: dict[str, Any] = {
+        "ws_channels": ws.tolist(), "ws_mean": float(ws.mean()),
+        "photon_sum": metrics.distribution_distances(generated["photon_sum"],
+                                                      reference["photon_sum"]),
+        "fraction_empty": {"generated": float((generated["photon_sum"] <= 0).mean()),
+                           "reference": float((reference["photon_sum"] <= 0).mean())},
+    }
+    for key in SHAPE_KEYS:
+        ours = generated[key][np.isfinite(generated[key]) & (generated["photon_sum"] > 0)]
+        theirs = reference[key][np.isfinite(reference[key]) & (reference["photon_sum"] > 0)]
+        result[key] = (metrics.distribution_distances(ours, theirs)
+                       if len(ours) and len(theirs) else {"wasserstein": None, "ks": None})
+    return result
+
+
+def _classifier_features(features: dict) -> np.ndarray:
+    columns = [np.log1p(features["channels"]), np.log1p(features["photon_sum"])[:, None],
+               features["fibres_hit"][:, None]]
+    columns += [np.nan_to_num(features[k], nan=-1.0)[:, None]
+                for k in ("centroid_x", "centroid_y", "width_x", "width_y")]
+    return np.concatenate(columns, axis=1)
+
+
+def _subset(features: dict, mask: np.ndarray) -> dict:
+    return {k: v[mask] for k, v in features.items()}
+
+
+def _floor(reference: dict) -> dict[str, Any] | None:
+    """Metrics between two halves of the reference's repeated simulations, or None."""
+    ids = reference["condition_id"]
+    counts = np.bincount(ids)
+    repeated = counts[ids] >= 2
+    if repeated.sum() < 2 * metrics.MIN_TRUSTED_EVENTS:
+        return None
+    order = np.argsort(ids, kind="stable")
+    rank = np.empty(len(ids), dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank[order] = np.arange(len(ids)) - starts[ids[order]]
+    half_a = repeated & (rank % 2 == 0)
+    half_b = repeated & (rank % 2 == 1)
+    return compare(_subset(reference, half_b), _subset(reference, half_a))
+
+
+def select_reference(path: str | os.PathLike, output: str | os.PathLike, *, split: str = "all",
+                     min_photon_sum: float | None = None) -> Path:
+    """Write the reference events of ``split`` with photon sum >= ``min_photon_sum`` as a new
+    event file (validate against what the model was trained to produce, on held-out events)."""
+    from expertsim.eventfile import SPLIT_NAMES, write_event_file
+    from expertsim.provenance import make_provenance
+
+    info = check_event_file(path)
+    with open_event_file(path) as handle:
+        keep = np.ones(info.n_events, dtype=bool)
+        if split != "all":
+            if split not in SPLIT_NAMES:
+                raise ConfigError(f"split {split!r} is not one of {[*SPLIT_NAMES, 'all']}")
+            keep &= handle["split"][:] == SPLIT_NAMES[split]
+        if min_photon_sum is not None:
+            keep &= handle["derived/photon_sum"][:] >= min_photon_sum
+        rows = np.flatnonzero(keep)
+        if len(rows) == 0:
+            raise ConfigError(f"{path}: no events in split {split!r} with photon sum >= "
+                              f"{min_photon_sum}")
+        images = handle["images"][rows]
+        conditions = handle["conditions"][rows]
+        pdg = handle["pdg"][rows] if info.has_pdg else None
+    write_event_file(output, images, conditions, detector=info.detector, pdg_N=pdg,
+                     provenance=make_provenance(made_by="expertsim validate (reference)",
+                                                config={"split": split,
+                                                        "min_photon_sum": min_photon_sum},
+                                                inputs=[path], hash_inputs=False))
+    return Path(output)
+
+
+def validate(generated_paths: list[str | os.PathLike], reference_path: str | os.PathLike,
+             output_dir: str | os.PathLike, *, thresholds: dict[str, float] | None = None,
+             seed: int = 0, energy_bins: int = 8, plots: bool = True) -> dict[str, Any]:
+    """Compare generated files with the reference; write the report; return metrics.json."""
+    if not generated_paths:
+        raise ConfigError("validate needs at least one generated file")
+    reference_path, output_dir = Path(reference_path), Path(output_dir)
+    reference = _read(reference_path)
+    runs = []
+    for path in generated_paths:
+        generated = _read(Path(path))
+        if "source_row" not in generated:
+            raise DataSchemaError(f"{path}: no '/source_row': make it with expertsim sample "
+                                  f"--conditions {reference_path}")
+        if generated["source_row"].max() >= len(reference["photon_sum"]):
+            raise DataSchemaError(f"{path}: its source rows exceed {reference_path}'s "
+                                  f"{len(reference['photon_sum'])} events: other conditions")
+        runs.append((Path(path), generated))
+
+    comparisons = [compare(generated, reference) for _, generated in runs]
+    ws_means = np.array([c["ws_mean"] for c in comparisons])
+    first_path, first = runs[0]
+    paired = _subset(reference, first["source_row"])  # the reference event of each row
+    report: dict[str, Any] = {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "expertsim_version": __version__,
+        "reference": str(reference_path.resolve()),
+        "generated": [str(p.resolve()) for p, _ in runs],
+        "n_reference": int(len(reference["photon_sum"])),
+        "n_generated": [int(len(g["photon_sum"])) for _, g in runs],
+        "headline": {
+            "ws_channels": np.mean([c["ws_channels"] for c in comparisons], axis=0).tolist(),
+            "ws_mean": float(ws_means.mean()),
+            "ws_mean_std": float(ws_means.std(ddof=1)) if len(ws_means) > 1 else 0.0,
+        },
+        **{k: comparisons[0][k] for k in ("photon_sum", "fraction_empty", *SHAPE_KEYS)},
+        "classifier_auc": metrics.classifier_auc(_classifier_features(first),
+                                                 _classifier_features(paired), seed=seed),
+        "per_expert": {}, "per_group": {},
+    }
+    if "expert" in first:
+        for expert in np.unique(first["expert"]):
+            mask = first["expert"] == expert
+            report["per_expert"][str(int(expert))] = {
+                "n": int(mask.sum()),
+                "ws_mean": compare(_subset(first, mask), _subset(paired, mask))["ws_mean"]}
+    for group in np.unique(paired["group"]):
+        mask = paired["group"] == group
+        report["per_group"][str(int(group))] = {
+            "n": int(mask.sum()),
+            "ws_mean": compare(_subset(first, mask), _subset(paired, mask))["ws_mean"]}
+    energy = reference["energy"]
+    edges = np.geomspace(max(energy.min(), 1e-3), energy.max() * 1.0001, energy_bins + 1)
+    report["response_vs_energy"] = {
+        "edges_gev": edges.tolist(),
+        "generated": _jsonable(metrics.response_vs_energy(first["energy"], first["photon_sum"],
+                                                          edges)),
+        "reference": _jsonable(metrics.response_vs_energy(energy, reference["photon_sum"],
+                                                          edges))}
+    report["floor"] = _floor(reference)
+    report["thresholds"] = thresholds or {}
+    report["failed_thresholds"] = check_thresholds(report, thresholds or {})
+    report["passed"] = not report["failed_thresholds"]
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    figures = write_plots(first, reference, paired, report, output_dir) if plots else []
+    with atomic_path(output_dir / "metrics.json") as temporary:
+        temporary.write_text(json.dumps(report, indent=2, allow_nan=True))
+    with atomic_path(output_dir / "index.html") as temporary:
+        temporary.write_text(render_html(report, figures))
+    return report
+
+
+def _jsonable(values: dict[str, np.ndarray]) -> dict[str, list]:
+    return {k: [None if isinstance(x, float) and math.isnan(x) else x
+                for x in np.asarray(v, dtype=float).tolist()] for k, v in values.items()}
+
+
+def lookup(report: dict, dotted: str) -> float:
+    """A number of the report by dotted path, e.g. "headline.ws_mean", "photon_sum.ks"."""
+    value: Any = report
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise ConfigError(f"threshold key {dotted!r}: no such number in metrics.json")
+        value = value[part]
+    if not isinstance(value, (int, float)):
+        raise ConfigError(f"threshold key {dotted!r} is not a number in metrics.json")
+    return float(value)
+
+
+def check_thresholds(report: dict, thresholds: dict[str, float]) -> list[str]:
+    """Keys whose value exceeds its maximum (all thresholds are upper limits)."""
+    return [f"{key} = {lookup(report, key):.4g} > {limit}"
+            for key, limit in thresholds.items() if lookup(report, key) > float(limit)]
+
+
+def write_plots(generated: dict, reference: dict, paired: dict, report: dict,
+                output_dir: Path) -> list[str]:
+    """channels.png (histograms with ratio panels), mean_images.png, examples.png,
+    response_energy.png; returns the file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+
+    def save(figure, name):
+        with atomic_path(output_dir / name) as temporary:
+            figure.savefig(temporary, format="png", dpi=80)
+        plt.close(figure)
+        names.append(name)
+
+    figure, axes = plt.subplots(2, 5, figsize=(20, 6), sharex="col",
+                                gridspec_kw={"height_ratios": [3, 1]})
+    for k in range(5):
+        values = np.concatenate([generated["channels"][:, k], reference["channels"][:, k]])
+        bins = np.linspace(0, np.quantile(values, 0.995) + 1, 40)
+        ref_counts, _ = np.histogram(reference["channels"][:, k], bins)
+        gen_counts, _ = np.histogram(generated["channels"][:, k], bins)
+        gen_counts = gen_counts * len(reference["channels"]) / len(generated["channels"])
+        axes[0, k].stairs(ref_counts, bins, label="Monte Carlo")
+        axes[0, k].stairs(gen_counts, bins, label="generated")
+        axes[0, k].set_yscale("log")
+        axes[0, k].set_title(f"channel {k + 1}: WS {report['headline']['ws_channels'][k]:.2f}")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            axes[1, k].stairs(gen_counts / ref_counts, bins)
+        axes[1, k].axhline(1.0, color="grey", lw=0.8)
+        axes[1, k].set_ylim(0, 2)
+        axes[1, k].set_xlabel("photons")
+    axes[0, 0].legend()
+    axes[1, 0].set_ylabel("generated / MC")
+    save(figure, "channels.png")
+
+    figure, axes = plt.subplots(1, 2, figsize=(8, 4))
+    for axis, (title, images) in zip(axes, (("Monte Carlo", reference["images"]),
+                                            ("generated", generated["images"]))):
+        shown = axis.imshow(np.asarray(images, float).mean(axis=0), cmap="viridis")
+        axis.set_title(f"mean image, {title}")
+        figure.colorbar(shown, ax=axis)
+    save(figure, "mean_images.png")
+
+    order = np.argsort(paired["photon_sum"])
+    picks = order[np.linspace(len(order) // 2, len(order) - 1, 5).astype(int)]
+    figure, axes = plt.subplots(2, 5, figsize=(15, 6))
+    for column, row in enumerate(picks):
+        for line, (label, source) in enumerate((("MC", paired), ("generated", generated))):
+            image = np.log1p(np.asarray(source["images"][row], float))
+            axes[line, column].imshow(image, cmap="viridis")
+            axes[line, column].set_title(f"{label}: {source['photon_sum'][row]:.0f} ph",
+                                         fontsize=9)
+            axes[line, column].set_xticks([]), axes[line, column].set_yticks([])
+    figure.suptitle("same conditions, Monte Carlo (top) and generated (bottom); log(1 + photons)")
+    save(figure, "examples.png")
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    response = report["response_vs_energy"]
+    edges = np.array(response["edges_gev"])
+    centres = np.sqrt(edges[1:] * edges[:-1])
+    for label in ("reference", "generated"):
+        values = response[label]
+        axes[0].plot(centres, np.array(values["mean"], float), "o-", label=label)
+        axes[1].plot(centres, np.array(values["resolution"], float), "o-", label=label)
+    for axis, name in zip(axes, ("mean photon sum", "resolution (std / mean)")):
+        axis.set_xscale("log"), axis.set_xlabel("energy [GeV]"), axis.set_ylabel(name)
+        axis.legend()
+    save(figure, "response_energy.png")
+    return names
+
+
+def render_html(report: dict, figures: list[str]) -> str:
+    """A self-contained page showing the headline, the main metrics and the plots."""
+    headline = report["headline"]
+    floor = report.get("floor")
+    rows = [("channel-WS mean (photons)",
+             f"{headline['ws_mean']:.3f} &plusmn; {headline['ws_mean_std']:.3f}",
+             f"{floor['ws_mean']:.3f}" if floor else "n/a"),
+            ("photon-sum WS (photons)", f"{report['photon_sum']['wasserstein']:.3f}",
+             f"{floor['photon_sum']['wasserstein']:.3f}" if floor else "n/a"),
+            ("photon-sum KS", f"{report['photon_sum']['ks']:.3f}",
+             f"{floor['photon_sum']['ks']:.3f}" if floor else "n/a"),
+            ("classifier AUC (0.5 = indistinguishable)", f"{report['classifier_auc']:.3f}", "")]
+    table = "".join(f"<tr><td>{html.escape(a)}</td><td>{b}</td><td>{c}</td></tr>"
+                    for a, b, c in rows)
+    status = "PASSED" if report["passed"] else "FAILED: " + html.escape(
+        "; ".join(report["failed_thresholds"]))
+    images = "".join(f'<h3>{html.escape(name)}</h3><img src="{html.escape(name)}" '
+                     'style="max-width:100%">' for name in figures)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>ExpertSim validation"
+            f"</title></head><body><h1>ExpertSim validation</h1><p>reference "
+            f"{html.escape(report['reference'])} ({report['n_reference']} events); "
+            f"{len(report['generated'])} generation(s); thresholds: {status}</p>"
+            f"<table border='1' cellpadding='4'><tr><th>metric</th><th>generated vs MC</th>"
+            f"<th>MC noise floor</th></tr>{table}</table>{images}"
+            f"<p>All numbers: <a href='metrics.json'>metrics.json</a></p></body></html>")

@@ -1,0 +1,114 @@
+"""The validation suite: the report is complete, and its metrics can fail."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from expertsim.cli import main
+from expertsim.detector import get_detector
+from expertsim.eventfile import EventFileWriter
+from expertsim.provenance import make_provenance
+from expertsim.simulate import simulate_response
+from tests.conftest import simulate_file
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    # 3,000 particles simulated twice each: the floor comes from the two halves
+    return simulate_file(tmp_path_factory.mktemp("ref") / "mc.h5", "ZN", 6000, seed=4, repeat=2)
+
+
+def generated_from_simulation(reference, path, seed, scale=1.0):
+    """A 'generator' that is the simulator itself (scaled): rows paired with the reference."""
+    import h5py
+
+    with h5py.File(reference) as handle:
+        conditions, pdg = handle["conditions"][:].astype(float), handle["pdg"][:]
+    images = simulate_response(conditions, pdg, get_detector("ZN"), np.random.default_rng(seed))
+    images = np.rint(images * scale).astype(np.uint32)
+    n = len(images)
+    with EventFileWriter(path, "ZN", n, provenance=make_provenance(made_by="test"),
+                         image_dtype=np.uint32,
+                         extras={"source_row": np.arange(n), "expert": np.zeros(n, np.int8)}
+                         ) as writer:
+        writer.write(0, images, conditions)
+    return path
+
+
+def run_validate(*args):
+    return CliRunner().invoke(main, ["validate", *map(str, args)], catch_exceptions=False)
+
+
+def test_report_has_every_documented_number(reference, tmp_path):
+    gens = [generated_from_simulation(reference, tmp_path / f"g{k}.h5", seed=10 + k)
+            for k in range(2)]
+    result = run_validate("--reference", reference, "--generated", gens[0], "--generated",
+                          gens[1], "-o", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert report["schema_version"] == 1
+    numbers = [report["headline"]["ws_mean"], report["headline"]["ws_mean_std"],
+               *report["headline"]["ws_channels"], report["photon_sum"]["wasserstein"],
+               report["photon_sum"]["ks"], report["classifier_auc"],
+               report["fraction_empty"]["generated"], report["floor"]["ws_mean"]]
+    numbers += [report[key][kind] for key in ("fibres_hit", "brightest_row", "brightest_col",
+                                              "centroid_x", "centroid_y", "width_x", "width_y")
+                for kind in ("wasserstein", "ks")]
+    assert all(np.isfinite(numbers)), numbers
+    assert report["per_expert"]["0"]["n"] == 6000 and set(report["per_group"]) == {"0", "1", "2"}
+    assert len(report["response_vs_energy"]["edges_gev"]) == 9
+    for name in ("channels.png", "mean_images.png", "examples.png", "response_energy.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 5000
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "channels.png" in page and "MC noise floor" in page
+
+
+def test_a_faithful_generator_sits_at_the_floor_and_a_wrong_one_fails(reference, tmp_path):
+    good = generated_from_simulation(reference, tmp_path / "good.h5", seed=21)
+    wrong = generated_from_simulation(reference, tmp_path / "wrong.h5", seed=21, scale=2.0)
+    limits = tmp_path / "limits.yaml"
+    limits.write_text("headline.ws_mean: 5.0\nclassifier_auc: 0.6\n")
+    ok = run_validate("--reference", reference, "--generated", good, "-o", tmp_path / "ok",
+                      "--thresholds", limits)
+    bad = run_validate("--reference", reference, "--generated", wrong, "-o", tmp_path / "bad",
+                       "--thresholds", limits)
+    good_report = json.loads((tmp_path / "ok" / "metrics.json").read_text())
+    bad_report = json.loads((tmp_path / "bad" / "metrics.json").read_text())
+    floor = good_report["floor"]["ws_mean"]
+    assert good_report["headline"]["ws_mean"] < 2 * floor + 1.0
+    assert bad_report["headline"]["ws_mean"] > 5 * good_report["headline"]["ws_mean"]
+    assert bad_report["classifier_auc"] > 0.75 > good_report["classifier_auc"]
+    assert ok.exit_code == 0, ok.output
+    assert bad.exit_code == 3 and "headline.ws_mean" in bad.output
+
+
+def test_validate_with_a_model_generates_first(reference, tmp_path):
+    from tests.test_sampling import make_model
+
+    model = make_model(reference, tmp_path / "model")
+    result = run_validate("--model", model, "--reference", reference, "--generations", 2,
+                          "--split", "test", "--min-photon-sum", 1, "-o", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert len(report["generated"]) == 2 and report["headline"]["ws_mean_std"] > 0
+    import h5py
+    with h5py.File(reference) as handle:
+        expected = ((handle["split"][:] == 2) & (handle["derived/photon_sum"][:] >= 1)).sum()
+    assert report["n_reference"] == expected and report["fraction_empty"]["reference"] == 0
+
+
+def test_mlflow_logging_into_an_existing_run(reference, tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    good = generated_from_simulation(reference, tmp_path / "good.h5", seed=3)
+    mlflow.set_tracking_uri("sqlite:///mlflow.db")
+    with mlflow.start_run() as run:
+        pass
+    result = run_validate("--reference", reference, "--generated", good, "-o", tmp_path / "r",
+                          "--mlflow-run", run.info.run_id)
+    assert result.exit_code == 0, result.output
+    logged = mlflow.MlflowClient("sqlite:///mlflow.db").get_run(run.info.run_id)
+    assert logged.data.metrics["validate/ws_mean"] > 0
