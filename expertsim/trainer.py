@@ -37,6 +37,7 @@ from expertsim.models import (AuxRegressor, ExpertDiscriminator, ExpertGenerator
 from expertsim.models import losses
 from expertsim.optim import ExpertAdam
 from expertsim.provenance import make_provenance
+from expertsim.sampling import poisson_counts
 from expertsim.tracking import NullTracker
 
 N_GROUPS = 3
@@ -377,7 +378,8 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, batch_size: int = 1024) -> dict[str, float]:
-        """Channel-WS of one generation per validation condition (fixed noise), and routing."""
+        """Channel-WS of one generation per validation condition (fixed noise, Poisson counts
+        as the sampler makes them), and routing."""
         mixture = self.mixture()
         noise = torch.Generator().manual_seed(self.config.train.seed + 7919)
         channels, experts = [], []
@@ -386,7 +388,8 @@ class Trainer:
             z_BZ = torch.randn(len(c_BK), self.config.model.noise_dim, generator=noise)
             with self._autocast():
                 image_BHW, expert_B = mixture(z_BZ.to(self.device), c_BK.to(self.device))
-            counts = torch.expm1(image_BHW.float()).cpu().numpy()
+            expected = torch.expm1(image_BHW.float()).cpu().numpy()
+            counts = poisson_counts(expected, self.config.train.seed, start)  # as `sample`
             channels.append(channel_sums(counts))
             experts.append(expert_B.cpu().numpy())
         self.router.train(), self.generator.train()
