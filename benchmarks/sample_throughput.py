@@ -2,9 +2,9 @@
 
     python benchmarks/sample_throughput.py --model runs/zn_cpu/model.pt -o sample_throughput.json
 
-Times the inference path (router + routed expert, counts space) on CPU (each --threads value)
-and on CUDA when present; median of --repeats timed runs after a warm-up. Batch 1 runs
---single-events events one at a time.
+Times the production path of `expertsim sample` (router + routed expert, expected photons,
+Poisson counts on the host) on CPU (each --threads value) and on CUDA when present; median of
+--repeats timed runs after a warm-up. Batch 1 runs --single-events events one at a time.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 
 from expertsim import __version__
 from expertsim.checkpoint import load_mixture
+from expertsim.sampling import poisson_counts
 
 
 def rate(mixture, device: str, batch: int, n_events: int, repeats: int) -> float:
@@ -27,11 +28,9 @@ def rate(mixture, device: str, batch: int, n_events: int, repeats: int) -> float
 
     def run():
         with torch.no_grad():
-            for _ in range(n_calls):
+            for call in range(n_calls):
                 image, _ = mixture(z, c)
-                torch.expm1(image).round_()
-        if device == "cuda":
-            torch.cuda.synchronize()
+                poisson_counts(torch.expm1(image).cpu().numpy(), 0, call * batch)
 
     run()
     timings = []

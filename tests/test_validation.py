@@ -41,6 +41,24 @@ def run_validate(*args):
     return CliRunner().invoke(main, ["validate", *map(str, args)], catch_exceptions=False)
 
 
+def assert_complete(report):
+    """Every number metrics.json documents is present and finite."""
+    assert report["schema_version"] == 1
+    numbers = [report["headline"]["ws_mean"], report["headline"]["ws_mean_std"],
+               *report["headline"]["ws_channels"], report["photon_sum"]["wasserstein"],
+               report["photon_sum"]["ks"], report["classifier_auc"],
+               report["fraction_empty"]["generated"], report["fraction_empty"]["reference"],
+               report["floor"]["ws_mean"], report["floor"]["photon_sum"]["ks"]]
+    numbers += [report[key][kind] for key in ("fibres_hit", "brightest_row", "brightest_col",
+                                              "centroid_x", "centroid_y", "width_x", "width_y")
+                for kind in ("wasserstein", "ks")]
+    numbers += [entry["ws_mean"] for entry in report["per_expert"].values()]
+    numbers += [entry["ws_mean"] for entry in report["per_group"].values()]
+    assert len(report["headline"]["ws_channels"]) == 5
+    assert all(np.isfinite(numbers)), numbers
+    assert isinstance(report["passed"], bool)
+
+
 def test_report_has_every_documented_number(reference, tmp_path):
     gens = [generated_from_simulation(reference, tmp_path / f"g{k}.h5", seed=10 + k)
             for k in range(2)]
@@ -48,15 +66,7 @@ def test_report_has_every_documented_number(reference, tmp_path):
                           gens[1], "-o", tmp_path / "report")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
-    assert report["schema_version"] == 1
-    numbers = [report["headline"]["ws_mean"], report["headline"]["ws_mean_std"],
-               *report["headline"]["ws_channels"], report["photon_sum"]["wasserstein"],
-               report["photon_sum"]["ks"], report["classifier_auc"],
-               report["fraction_empty"]["generated"], report["floor"]["ws_mean"]]
-    numbers += [report[key][kind] for key in ("fibres_hit", "brightest_row", "brightest_col",
-                                              "centroid_x", "centroid_y", "width_x", "width_y")
-                for kind in ("wasserstein", "ks")]
-    assert all(np.isfinite(numbers)), numbers
+    assert_complete(report)
     assert report["per_expert"]["0"]["n"] == 6000 and set(report["per_group"]) == {"0", "1", "2"}
     assert len(report["response_vs_energy"]["edges_gev"]) == 9
     for name in ("channels.png", "mean_images.png", "examples.png", "response_energy.png"):
@@ -93,6 +103,9 @@ def test_validate_with_a_model_generates_first(reference, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert len(report["generated"]) == 2 and report["headline"]["ws_mean_std"] > 0
+    assert_complete(report)
+    for name in ("channels.png", "mean_images.png", "examples.png", "response_energy.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 5000
     import h5py
     with h5py.File(reference) as handle:
         expected = ((handle["split"][:] == 2) & (handle["derived/photon_sum"][:] >= 1)).sum()
