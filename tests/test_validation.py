@@ -125,3 +125,30 @@ def test_mlflow_logging_into_an_existing_run(reference, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     logged = mlflow.MlflowClient("sqlite:///mlflow.db").get_run(run.info.run_id)
     assert logged.data.metrics["validate/ws_mean"] > 0
+
+
+def test_end_to_end_simulate_train_smoke_validate(tmp_path, monkeypatch):
+    """The main job at test size: smoke model on built-in data, validated on an independent
+    Monte Carlo sample with repeats (so the floor exists)."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    smoke = os.path.join(os.path.dirname(__file__), "..", "training", "smoke.yaml")
+    steps = [
+        ["train", "--config", smoke, "--set", "data.simulate.n_events=4000",
+         "--set", "data.batch_size=64", "--set", "train.epochs=1",
+         "--set", "tracking.enabled=false"],
+        ["simulate", "--detector", "zn", "-n", "3000", "--repeat", "2", "--seed", "99",
+         "-o", "mc.h5"],
+        ["validate", "--model", "runs/smoke/model.pt", "--reference", "mc.h5",
+         "--min-photon-sum", "1", "--generations", "2", "-o", "report"],
+    ]
+    for step in steps:
+        result = CliRunner().invoke(main, step, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    assert "MC floor" in result.output
+    report = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert_complete(report)
+    for name in ("channels.png", "mean_images.png", "examples.png", "response_energy.png",
+                 "index.html"):
+        assert (tmp_path / "report" / name).stat().st_size > 1000
