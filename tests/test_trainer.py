@@ -5,7 +5,6 @@ import signal
 import threading
 
 import numpy as np
-import pytest
 import torch
 from click.testing import CliRunner
 
