@@ -108,13 +108,26 @@ def _noise_rows(seed: int, first: int, stop: int, noise_dim: int) -> torch.Tenso
 
 
 def poisson_counts(expected_NHW: np.ndarray, seed: int, first_row: int) -> np.ndarray:
-    """Whole photons drawn from expected photons per fibre; row i uses the stream
-    (seed, first_row + i), so the draws do not depend on batching or sharding."""
-    counts = np.empty(expected_NHW.shape, dtype=np.uint32)
-    for i, expected_HW in enumerate(np.maximum(expected_NHW, 0.0)):
-        rng = np.random.Generator(np.random.Philox(key=[seed, first_row + i]))
-        counts[i] = rng.poisson(expected_HW)
-    return counts
+    """Whole photons drawn from expected photons per fibre; row i uses the Philox stream keyed
+    (seed, first_row + i), so the draws do not depend on batching or sharding.
+
+    Only fibres with a positive expectation are drawn (numpy draws 0 for a mean of 0 without
+    using the stream, so the counts are the same), and one bit generator is re-keyed per row
+    instead of built anew (identical counts; ~1.25x faster on ZN images in one measurement).
+    """
+    expected_NP = np.maximum(expected_NHW, 0.0).reshape(len(expected_NHW), -1)
+    counts_NP = np.zeros(expected_NP.shape, dtype=np.uint32)
+    rows, pixels = np.nonzero(expected_NP)
+    bounds = np.searchsorted(rows, np.arange(len(expected_NP) + 1))
+    bit_generator = np.random.Philox(key=[seed, first_row])
+    rng = np.random.Generator(bit_generator)
+    state = bit_generator.state
+    for i in np.nonzero(np.diff(bounds))[0]:
+        state["state"]["key"] = np.array([seed, first_row + i], dtype=np.uint64)
+        bit_generator.state = state
+        lo, hi = bounds[i], bounds[i + 1]
+        counts_NP[i, pixels[lo:hi]] = rng.poisson(expected_NP[i, pixels[lo:hi]])
+    return counts_NP.reshape(expected_NHW.shape)
 
 
 def sample_to_file(
@@ -163,8 +176,8 @@ def sample_to_file(
             raw_B9 = conditions[source_row[start:stop]]
             c_BK = torch.from_numpy(((raw_B9 - mean) / scale).astype(np.float32)).to(device)
             z_BZ = _noise_rows(seed, first_row + start, first_row + stop, noise_dim).to(device)
-            with torch.no_grad():
-                image_BHW, expert_B = mixture(z_BZ, c_BK)
+            image_BHW, expert_B = mixture.generate(
+                z_BZ, c_BK, chunk_size=256 if device == "cpu" else 16384)
             expected = torch.expm1(image_BHW.float()).cpu().numpy()
             counts = poisson_counts(expected, seed, first_row + start)
             experts[start:stop] = expert_B.cpu().numpy()

@@ -42,7 +42,14 @@ class MlflowTracker(NullTracker):
 
     def start(self, params: dict[str, Any], run_id: str | None = None) -> None:
         mlflow = self._mlflow
+        user_uri = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.uri)
+        # MLflow also exports the URI to the environment, where make_tracker would take it for
+        # the user's override in the next run of this process (a study trains many): undo that
+        if user_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = user_uri
         if run_id is None:
             mlflow.set_experiment(self.experiment)
             run = mlflow.start_run(run_name=self.run_name)

@@ -223,6 +223,33 @@ def validate(generated_paths: list[str | os.PathLike], reference_path: str | os.
     return report
 
 
+def validate_model(model_path: str | os.PathLike, reference_path: str | os.PathLike,
+                   output_dir: str | os.PathLike, *, generations: int = 3, seed: int = 0,
+                   split: str = "all", min_photon_sum: float | None = None,
+                   thresholds: dict[str, float] | None = None, plots: bool = True,
+                   selected_reference: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Generate ``generations`` times (seeds seed, seed + 1, ...) on the reference's
+    conditions with the model, then ``validate``. ``split`` / ``min_photon_sum`` select the
+    reference events first (written to output_dir/reference.h5), unless
+    ``selected_reference`` already holds that selection."""
+    from expertsim.sampling import sample_to_file
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    reference = Path(reference_path)
+    if selected_reference is not None:
+        reference = Path(selected_reference)
+    elif split != "all" or min_photon_sum is not None:
+        reference = select_reference(reference_path, output_dir / "reference.h5", split=split,
+                                     min_photon_sum=min_photon_sum)
+    files = []
+    for k in range(generations):
+        path = output_dir / f"generated_{k}.h5"
+        sample_to_file(model_path, reference, path, seed=seed + k)
+        files.append(path)
+    return validate(files, reference, output_dir, thresholds=thresholds, seed=seed, plots=plots)
+
+
 def _jsonable(values: dict[str, np.ndarray]) -> dict[str, list]:
     return {k: [None if isinstance(x, float) and math.isnan(x) else x
                 for x in np.asarray(v, dtype=float).tolist()] for k, v in values.items()}

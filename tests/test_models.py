@@ -54,3 +54,24 @@ def test_inference_is_deterministic_given_the_noise():
     assert torch.equal(first, second) and first.shape == (5, 56, 30)
     assert torch.equal(experts, Router.forward(mixture.router, c).argmax(1))
     assert (first >= 0).all()
+
+
+def test_inference_grouping_matches_the_training_dispatch_and_chunking_changes_nothing():
+    """MixtureOfExperts runs each expert's group through plain layers; the images must be the
+    ones the trained dispatch paths give, whatever the chunk size, with empty experts too."""
+    torch.manual_seed(4)
+    generator = ExpertGenerator(3, (44, 44), channels=8)
+    mixture = MixtureOfExperts(Router(3), generator).eval()
+    with torch.no_grad():
+        mixture.router.net[-1].weight.mul_(20)  # spread the events over the experts
+    z, c = torch.randn(300, 10), torch.randn(300, 9)
+    image, experts = mixture.generate(z, c, chunk_size=300)
+    assert len(experts.unique()) == 3
+    with torch.no_grad():
+        reference = generator(z, c, experts)
+    torch.testing.assert_close(image, reference, rtol=1e-5, atol=1e-5)
+    chunked, chunked_experts = mixture.generate(z, c, chunk_size=7)
+    torch.testing.assert_close(chunked, image, rtol=1e-5, atol=1e-5)
+    assert torch.equal(chunked_experts, experts)
+    one, _ = mixture.generate(z[:1], c[:1])  # two of three experts get no event
+    torch.testing.assert_close(one, image[:1], rtol=1e-5, atol=1e-5)

@@ -30,13 +30,16 @@ def main() -> None:
       expertsim inspect zn.h5 --plot zn.png
       expertsim train --config training/smoke.yaml
       expertsim sample --model runs/smoke/model.pt --conditions data/smoke_zn.h5 -o gen.h5
+      expertsim validate --model runs/smoke/model.pt --reference mc.h5 -o report/
+      expertsim export --model runs/smoke/model.pt --format onnx -o export/
     """
 
 
 def _register() -> None:
-    from expertsim.cli import data, sample, train, validate
+    from expertsim.cli import data, export, sample, study, train, validate
 
-    for command in (*data.COMMANDS, *train.COMMANDS, *sample.COMMANDS, *validate.COMMANDS):
+    for command in (*data.COMMANDS, *train.COMMANDS, *sample.COMMANDS, *validate.COMMANDS,
+                    *export.COMMANDS, *study.COMMANDS):
         main.add_command(command)
 
 

@@ -44,26 +44,21 @@ def validate(reference, generated, model_path, generations, seed, output, thresh
     import yaml
 
     from expertsim.errors import ConfigError
-    from expertsim.sampling import sample_to_file
-    from expertsim.validation import select_reference, validate as run_validation
+    from expertsim.validation import validate as run_validation, validate_model
 
     if bool(generated) == bool(model_path):
         raise ConfigError("give either --generated files or --model, not both or neither")
-    files = list(generated)
     if (split != "all" or min_photon_sum is not None) and not model_path:
         raise ConfigError("--split and --min-photon-sum select the conditions to generate on: "
                           "use them with --model")
-    if model_path:
-        Path(output).mkdir(parents=True, exist_ok=True)
-        if split != "all" or min_photon_sum is not None:
-            reference = str(select_reference(reference, Path(output) / "reference.h5",
-                                             split=split, min_photon_sum=min_photon_sum))
-        for k in range(generations):
-            path = Path(output) / f"generated_{k}.h5"
-            sample_to_file(model_path, reference, path, seed=seed + k)
-            files.append(str(path))
     limits = yaml.safe_load(Path(thresholds).read_text()) if thresholds else None
-    report = run_validation(files, reference, output, thresholds=limits, seed=seed)
+    if model_path:
+        report = validate_model(model_path, reference, output, generations=generations,
+                                seed=seed, split=split, min_photon_sum=min_photon_sum,
+                                thresholds=limits)
+    else:
+        report = run_validation(list(generated), reference, output, thresholds=limits,
+                                seed=seed)
     headline = report["headline"]
     floor = report["floor"]
     click.echo(f"channel-WS {headline['ws_mean']:.3f} +- {headline['ws_mean_std']:.3f} photons "

@@ -36,13 +36,21 @@ class ExpertGenerator(nn.Module):
     def forward(self, z_BZ: torch.Tensor, c_BK: torch.Tensor, expert_B: torch.Tensor
                 ) -> torch.Tensor:
         mode = self.dispatch
-        h = F.leaky_relu(self.dense(torch.cat([z_BZ, c_BK], dim=1), expert_B, mode), 0.2)
-        h = h.view(z_BZ.shape[0], 2 * self.channels, *self.seed_shape)
+        return self._draw(z_BZ, c_BK, lambda layer, x: layer(x, expert_B, mode))
+
+    def forward_expert(self, z_BZ: torch.Tensor, c_BK: torch.Tensor, expert: int
+                       ) -> torch.Tensor:
+        """Every event of the batch drawn by one expert (plain layers, no dispatch)."""
+        return self._draw(z_BZ, c_BK, lambda layer, x: layer.single(x, expert))
+
+    def _draw(self, z_BZ: torch.Tensor, c_BK: torch.Tensor, apply) -> torch.Tensor:
+        h = F.leaky_relu(apply(self.dense, torch.cat([z_BZ, c_BK], dim=1)), 0.2)
+        h = h.view(-1, 2 * self.channels, *self.seed_shape)
         h = F.interpolate(h, scale_factor=2.0, mode="nearest")
-        h = F.leaky_relu(self.conv1(h, expert_B, mode), 0.2)
+        h = F.leaky_relu(apply(self.conv1, h), 0.2)
         h = F.interpolate(h, scale_factor=2.0, mode="nearest")
-        h = F.leaky_relu(self.conv2(h, expert_B, mode), 0.2)
-        images_BHW = F.relu(self.conv_out(h, expert_B, mode)).squeeze(1)
+        h = F.leaky_relu(apply(self.conv2, h), 0.2)
+        images_BHW = F.relu(apply(self.conv_out, h)).squeeze(1)
         rows, cols = self.image_shape
         return images_BHW[:, :rows, :cols]
 

@@ -7,9 +7,12 @@ to, and applies that expert's weights. Three ways of doing it, same numbers:
   groups = B runs them all; every event costs one expert's FLOPs, no host synchronisation, no
   Python loop over experts.
 - ``dense``: every expert runs on every event as one grouped convolution (groups = E) and the
-  routed output is selected; E times the FLOPs, but static shapes (used for ONNX export).
+  routed output is selected; E times the FLOPs, but static shapes.
 - ``loop``: the reference implementations' way, a Python loop over experts on boolean-selected
-  subsets (a host synchronisation per expert); kept as the benchmark baseline.
+  subsets (a host synchronisation per expert and layer); kept as the benchmark baseline.
+
+``single(x, expert)`` applies one expert's weights to a whole batch (a plain layer); the
+inference path (``MixtureOfExperts``) groups events by expert once and runs each group so.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ class ExpertLinear(nn.Module):
         all_BEO = torch.einsum("bi,eio->beo", x_BI, self.weight) + self.bias
         index = expert_B.view(-1, 1, 1).expand(-1, 1, all_BEO.shape[2])
         return all_BEO.gather(1, index).squeeze(1)
+
+    def single(self, x_BI: torch.Tensor, expert: int) -> torch.Tensor:
+        return torch.addmm(self.bias[expert], x_BI, self.weight[expert])
 
 
 class ExpertConv2d(nn.Module):
@@ -92,3 +98,7 @@ class ExpertConv2d(nn.Module):
                 y = y.index_copy(0, index, part)
             return y
         raise ValueError(f"dispatch mode {mode!r} is not one of {DISPATCH_MODES}")
+
+    def single(self, x: torch.Tensor, expert: int) -> torch.Tensor:
+        return F.conv2d(x, self.weight[expert], self.bias[expert], stride=self.stride,
+                        padding=self.padding)

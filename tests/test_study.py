@@ -1,0 +1,89 @@
+"""expertsim study: a two-model, one-seed study end to end, its resumption and determinism."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from expertsim.cli import main
+from expertsim.errors import ConfigError
+from expertsim.study import plan
+
+STUDY_CONFIGS = Path(__file__).resolve().parents[1] / "training" / "study"
+TINY = ["--set", "train.max_steps=4", "--set", "data.val_max_events=300",
+        "--set", "train.router_warm_start_steps=2", "--set", "train.log_every=1"]
+
+
+def run(data, output, *configs):
+    args = ["study", "--data", str(data), "--seeds", "1", "-o", str(output),
+            "--generations", "2", *TINY]
+    for config in configs:
+        args += ["--configs", str(STUDY_CONFIGS / config)]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def study(zn_file, tmp_path_factory):
+    output = tmp_path_factory.mktemp("study")
+    log = run(zn_file, output, "1_cgan.yaml", "5_expertsim3.yaml")
+    return output, log
+
+
+def test_study_writes_the_table_plots_and_runs(study):
+    output, log = study
+    summary = json.loads((output / "study.json").read_text())
+    assert [row["model"] for row in summary["rows"]] == ["cgan", "expertsim-3"]
+    for row, experts in zip(summary["rows"], (1, 3)):
+        assert row["n_experts"] == experts
+        assert row["ws_mean"] > 0 and len(row["ws_channels"]) == 5
+        assert 0 <= row["classifier_auc"] <= 1
+        assert row["floor_ws"] is not None and row["floor_ws"] > 0  # the file repeats conditions
+        assert row["sample_events_per_s"] > 0 and row["parameters"] > 0
+        assert len(row["mlflow_runs"]) == 1 and row["mlflow_runs"][0].startswith("runs:/")
+    assert summary["rows"][1]["parameters"] > summary["rows"][0]["parameters"]
+    table = (output / "table.md").read_text()
+    assert "| cgan | 1 |" in table and "| expertsim-3 | 3 |" in table
+    for name in ("channels_overlay.png", "experts_expertsim-3.png"):
+        assert (output / name).read_bytes()[:4] == b"\x89PNG"
+    assert not (output / "experts_cgan.png").exists()  # one expert: nothing to analyse
+    result = json.loads((output / "runs/expertsim-3/seed0/result.json").read_text())
+    analysis = result["analysis"]
+    assert sum(e["n"] for e in analysis["experts"]) == len(analysis["expert_of_event"])
+    assert sum(sum(e.get("group_counts", [0])) for e in analysis["experts"]) == \
+        len(analysis["expert_of_event"])
+    assert result["utilisation"] and "expert_fraction_0" in result["utilisation"][0]
+    # the MLflow run holds the study's numbers
+    import mlflow
+
+    client = mlflow.MlflowClient(summary["tracking_uri"])
+    logged = client.get_run(result["run_id"]).data.metrics
+    assert logged["study/ws_mean"] == pytest.approx(result["headline"]["ws_mean"])
+
+
+def test_a_killed_study_continues_and_reproduces(study, zn_file):
+    output, _ = study
+    before = json.loads((output / "study.json").read_text())["rows"]
+    done = output / "runs/cgan/seed0/result.json"
+    stamp = done.stat().st_mtime_ns
+    # as if killed during the second model: its result and model never written
+    shutil.rmtree(output / "runs/expertsim-3")
+    log = run(zn_file, output, "1_cgan.yaml", "5_expertsim3.yaml")
+    assert "cgan seed 0: done before, reused" in log
+    assert "expertsim-3 seed 0: training" in log
+    assert done.stat().st_mtime_ns == stamp
+    after = json.loads((output / "study.json").read_text())["rows"]
+    for old, new in zip(before, after):
+        assert new["ws_per_seed"] == old["ws_per_seed"]  # deterministic on the CPU
+        assert new["classifier_auc"] == old["classifier_auc"]
+        assert new["ws_channels"] == old["ws_channels"]
+
+
+def test_study_configs_need_distinct_names(tmp_path):
+    with pytest.raises(ConfigError, match="share the name"):
+        plan([STUDY_CONFIGS / "1_cgan.yaml", STUDY_CONFIGS / "1_cgan.yaml"], 1, tmp_path)
+    with pytest.raises(ConfigError, match="seeds"):
+        plan([STUDY_CONFIGS / "1_cgan.yaml"], 0, tmp_path)
