@@ -12,7 +12,9 @@ Layout of a study folder:
                                     lowest-numbered run)
 
 A study can be stopped at any point and run again with the same command: finished runs are
-reused, an interrupted training resumes from its last checkpoint, and the rest are trained.
+reused, a training that left a checkpoint_last.pt (a run stopped by a signal, as under SLURM
+pre-emption) resumes from it, one killed before any checkpoint is trained again from the
+start, and the rest are trained.
 Training is deterministic on a CPU for a fixed seed (train.deterministic), and validation
 noise is seeded, so a rerun reproduces every number except the measured sampling speed.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import time
 from dataclasses import dataclass
@@ -152,8 +155,10 @@ def _train_and_validate(run: StudyRun, data: Path, output_dir: Path, overrides: 
         f"train.output_dir={run.directory}"])
     tracker = make_tracker(config.tracking.enabled, tracking_uri, "expertsim-study",
                            f"{run.name}-seed{run.seed}")
-    trainer = Trainer(config, tracker=tracker)
     last = run.directory / "checkpoint_last.pt"
+    if run.directory.exists() and not last.exists():
+        shutil.rmtree(run.directory)  # a run killed before its first checkpoint: start clean
+    trainer = Trainer(config, tracker=tracker)
     if last.exists():
         trainer.resume_from(last)
     total = config.train.max_steps or config.train.epochs * len(trainer.loader)

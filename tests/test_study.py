@@ -69,8 +69,13 @@ def test_a_killed_study_continues_and_reproduces(study, zn_file):
     before = json.loads((output / "study.json").read_text())["rows"]
     done = output / "runs/cgan/seed0/result.json"
     stamp = done.stat().st_mtime_ns
-    # as if killed during the second model: its result and model never written
-    shutil.rmtree(output / "runs/expertsim-3")
+    # as if killed while training the second model, before its first checkpoint: no result,
+    # no checkpoint_last.pt, a stale model file that must not be taken for the new one
+    second = output / "runs/expertsim-3/seed0"
+    (second / "result.json").unlink()
+    (second / "checkpoint_last.pt").unlink()
+    (second / "model.pt").write_bytes(b"left over from the killed run")
+    shutil.rmtree(second / "report")
     log = run(zn_file, output, "1_cgan.yaml", "5_expertsim3.yaml")
     assert "cgan seed 0: done before, reused" in log
     assert "expertsim-3 seed 0: training" in log

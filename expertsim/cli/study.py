@@ -27,7 +27,7 @@ def study(data, configs, seeds, output, overrides, generations) -> None:
     split; the table (table.md, study.json) gives the channel-WS mean +- std over seeds,
     per-channel WS, classifier AUC, the MC floor (when DATA repeats conditions), sampling
     speed, parameters and MLflow runs. Run the same command again after an interruption:
-    finished runs are reused and an interrupted one resumes from its checkpoint.
+    finished runs are reused, the rest are trained (deterministically: the same numbers).
 
     \b
     Example:
