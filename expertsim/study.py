@@ -12,9 +12,9 @@ Layout of a study folder:
                                     lowest-numbered run)
 
 A study can be stopped at any point and run again with the same command: finished runs are
-reused, a training that left a checkpoint_last.pt (a run stopped by a signal, as under SLURM
-pre-emption) resumes from it, one killed before any checkpoint is trained again from the
-start, and the rest are trained.
+reused, and the others are trained; a run killed mid-training starts again from its
+beginning (a checkpoint_last.pt in its folder, as `expertsim train` leaves when signalled, is
+resumed from instead).
 Training is deterministic on a CPU for a fixed seed (train.deterministic), and validation
 noise is seeded, so a rerun reproduces every number except the measured sampling speed.
 """
