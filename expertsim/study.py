@@ -12,9 +12,9 @@ Layout of a study folder:
                                     lowest-numbered run)
 
 A study can be stopped at any point and run again with the same command: finished runs are
-reused, and the others are trained; a run killed mid-training starts again from its
-beginning (a checkpoint_last.pt in its folder, as `expertsim train` leaves when signalled, is
-resumed from instead).
+reused and the others trained. A run stopped by SIGTERM or SIGUSR1 (``expertsim study``, as
+under SLURM pre-emption) saves checkpoint_last.pt and resumes from it; a run killed outright
+starts again from its beginning.
 Training is deterministic on a CPU for a fixed seed (train.deterministic), and validation
 noise is seeded, so a rerun reproduces every number except the measured sampling speed.
 """
@@ -24,7 +24,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +35,15 @@ from typing import Any, Callable
 import numpy as np
 
 from expertsim import __version__
-from expertsim.errors import ConfigError
+from expertsim.errors import ConfigError, ExpertSimError
 from expertsim.eventfile import atomic_path, check_event_file, open_event_file
 
 RESULT_FILE = "result.json"
+
+
+class StudyStopped(ExpertSimError):
+    """A stop signal arrived; the training in progress saved its checkpoint."""
+
 SPEED_EVENTS = 2000
 
 
@@ -89,7 +96,8 @@ def run_study(data: str | os.PathLike, configs: list[str | os.PathLike], output_
               str | os.PathLike, *, seeds: int = 3, overrides: list[str] | None = None,
               generations: int = 3, tracking_uri: str | None = None,
               log: Callable[[str], None] = lambda message: None,
-              progress_factory: Callable[[int, str], Any] | None = None) -> dict[str, Any]:
+              progress_factory: Callable[[int, str], Any] | None = None,
+              stop_signals: tuple[int, ...] = ()) -> dict[str, Any]:
     """Train (or reuse), validate and tabulate every (config, seed); returns study.json.
 
     Args:
@@ -100,6 +108,12 @@ def run_study(data: str | os.PathLike, configs: list[str | os.PathLike], output_
         log: receives one line per event of the study.
         progress_factory: (total steps, description) -> a context manager with update(n),
             e.g. a tqdm bar; None for no progress display.
+        stop_signals: signals (e.g. SIGTERM, SIGUSR1) that make the training in progress save
+            its checkpoint and the study raise StudyStopped; the same call later resumes it.
+            Handled only while a model trains, and only from the main thread.
+
+    Raises:
+        StudyStopped: one of ``stop_signals`` arrived.
     """
     data, output_dir = Path(data), Path(output_dir)
     check_event_file(data)
@@ -116,7 +130,7 @@ def run_study(data: str | os.PathLike, configs: list[str | os.PathLike], output_
         log(f"[{index}/{len(runs)}] {run.name} seed {run.seed}: training")
         started = time.perf_counter()
         result = _train_and_validate(run, data, output_dir, overrides or [], generations,
-                                     tracking_uri, progress_factory)
+                                     tracking_uri, progress_factory, stop_signals)
         result["wall_seconds"] = time.perf_counter() - started
         with atomic_path(result_path) as temporary:
             temporary.write_text(json.dumps(result, indent=2))
@@ -143,7 +157,8 @@ def _reference_for(data: Path, output_dir: Path, min_photon_sum: float | None) -
 
 
 def _train_and_validate(run: StudyRun, data: Path, output_dir: Path, overrides: list[str],
-                        generations: int, tracking_uri: str, progress_factory) -> dict[str, Any]:
+                        generations: int, tracking_uri: str, progress_factory,
+                        stop_signals: tuple[int, ...]) -> dict[str, Any]:
     from expertsim.checkpoint import load_mixture
     from expertsim.config import load_config
     from expertsim.tracking import make_tracker
@@ -162,6 +177,10 @@ def _train_and_validate(run: StudyRun, data: Path, output_dir: Path, overrides: 
     if last.exists():
         trainer.resume_from(last)
     total = config.train.max_steps or config.train.epochs * len(trainer.loader)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {signum: signal.signal(signum, lambda *_: trainer.request_stop())
+                    for signum in stop_signals}
     try:
         if progress_factory is None:
             fit = trainer.fit()
@@ -172,9 +191,13 @@ def _train_and_validate(run: StudyRun, data: Path, output_dir: Path, overrides: 
     except BaseException:
         tracker.finish("FAILED")
         raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if fit.status == "preempted":
         tracker.finish("KILLED")
-        raise KeyboardInterrupt(f"{run.name} seed {run.seed} stopped; run the study again")
+        raise StudyStopped(f"{run.name} seed {run.seed} stopped at step {fit.step} by a "
+                           f"signal, checkpoint saved; run the same study command again")
     reference = _reference_for(data, output_dir, config.data.min_photon_sum)
     model_path = run.directory / "model.pt"
     report = validate_model(model_path, data, run.directory / "report",

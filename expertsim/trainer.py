@@ -504,7 +504,9 @@ class Trainer:
                     self._end_of_epoch_validation()
         if main:
             self.save_checkpoint("checkpoint_last.pt")
-            if not (self.output_dir / "model.pt").exists():
+            # no validation chose a model (the run ended inside its first epoch): the final
+            # weights are the model; a pre-empted run writes none (it will be resumed)
+            if status != "preempted" and not math.isfinite(self.best_ws):
                 self.save_model("model.pt")
             if status != "preempted":
                 self._log_artifacts()

@@ -92,3 +92,47 @@ def test_study_configs_need_distinct_names(tmp_path):
         plan([STUDY_CONFIGS / "1_cgan.yaml", STUDY_CONFIGS / "1_cgan.yaml"], 1, tmp_path)
     with pytest.raises(ConfigError, match="seeds"):
         plan([STUDY_CONFIGS / "1_cgan.yaml"], 0, tmp_path)
+
+
+def test_a_signalled_study_checkpoints_and_resumes_to_the_same_numbers(study, zn_file,
+                                                                        tmp_path):
+    """SIGUSR1 during the second model's training: checkpoint, StudyStopped; the rerun resumes
+    from the checkpoint and gives the uninterrupted study's numbers."""
+    import os
+    import signal
+
+    from expertsim.study import StudyStopped, run_study
+
+    reference = json.loads((study[0] / "study.json").read_text())["rows"]
+    overrides = [item for item in TINY if item != "--set"]
+    configs = [STUDY_CONFIGS / "1_cgan.yaml", STUDY_CONFIGS / "5_expertsim3.yaml"]
+
+    class SignalAtStep:
+        def __init__(self, total, name):
+            self.name, self.steps = name, 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            self.steps += n
+            if self.name.startswith("expertsim-3") and self.steps == 2:
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    handler_before = signal.getsignal(signal.SIGUSR1)
+    with pytest.raises(StudyStopped, match="expertsim-3 seed 0 stopped at step 2"):
+        run_study(zn_file, configs, tmp_path, seeds=1, overrides=overrides, generations=2,
+                  progress_factory=SignalAtStep, stop_signals=(signal.SIGUSR1,))
+    second = tmp_path / "runs/expertsim-3/seed0"
+    assert (second / "checkpoint_last.pt").exists() and not (second / "result.json").exists()
+    assert signal.getsignal(signal.SIGUSR1) is handler_before  # restored after training
+    messages = []
+    rows = run_study(zn_file, configs, tmp_path, seeds=1, overrides=overrides, generations=2,
+                     log=messages.append)["rows"]
+    assert any("cgan seed 0: done before, reused" in m for m in messages)
+    for old, new in zip(reference, rows):
+        assert new["ws_per_seed"] == old["ws_per_seed"]
+        assert new["classifier_auc"] == old["classifier_auc"]

@@ -28,6 +28,8 @@ def study(data, configs, seeds, output, overrides, generations) -> None:
     per-channel WS, classifier AUC, the MC floor (when DATA repeats conditions), sampling
     speed, parameters and MLflow runs. Run the same command again after an interruption:
     finished runs are reused, the rest are trained (deterministically: the same numbers).
+    SIGTERM or SIGUSR1 makes the training in progress save a checkpoint (exit status 75);
+    the rerun resumes it.
 
     \b
     Example:
@@ -35,12 +37,20 @@ def study(data, configs, seeds, output, overrides, generations) -> None:
       expertsim study --data data/study_zn.h5 --configs training/study --seeds 3 \\
           -o studies/zn
     """
-    from expertsim.study import run_study
+    import signal
 
-    result = run_study(data, list(configs), output, seeds=seeds, overrides=list(overrides),
-                       generations=generations, log=click.echo,
-                       progress_factory=lambda total, name: tqdm(total=total, unit="step",
-                                                                 desc=name, leave=False))
+    from expertsim.cli.train import EXIT_PREEMPTED
+    from expertsim.study import StudyStopped, run_study
+
+    try:
+        result = run_study(data, list(configs), output, seeds=seeds, overrides=list(overrides),
+                           generations=generations, log=click.echo,
+                           progress_factory=lambda total, name: tqdm(
+                               total=total, unit="step", desc=name, leave=False),
+                           stop_signals=(signal.SIGTERM, signal.SIGUSR1))
+    except StudyStopped as stopped:
+        click.echo(str(stopped), err=True)
+        raise SystemExit(EXIT_PREEMPTED) from None
     from pathlib import Path
 
     click.echo(Path(output, "table.md").read_text())
