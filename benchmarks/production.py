@@ -41,7 +41,7 @@ import torch
 from expertsim import __version__
 
 BATCHES = {1: 300, 100: 3000, 10_000: 10_000}  # batch -> events per timed run
-CHUNK = 256
+CHUNK = 256  # ONNX Runtime calls; PyTorch chunks as MixtureOfExperts.generate does
 # ../shared/PHYSICS.md, "Monte Carlo cost": Geant4 seconds per event (low, high), quoted.
 GEANT4_SECONDS = {
     "ZN": {"n 100 GeV": (0.40, 0.70), "n 1 TeV": (4.7, 7.3), "2.5 TeV spectator": (10, 20)},
@@ -83,14 +83,13 @@ def _generator_for(backend: str, model_path: str, device: str, threads: int | No
         generator.forward_expert = torch.compile(generator.forward_expert, dynamic=True)
 
     def run(z, c):
-        image, _ = mixture.generate(torch.from_numpy(z).to(device), torch.from_numpy(c).to(device),
-                                    chunk_size=CHUNK if device == "cpu" else 16384)
+        image, _ = mixture.generate(torch.from_numpy(z).to(device), torch.from_numpy(c).to(device))
         return torch.expm1(image).float().cpu().numpy()
     return run
 
 
 def _measure(backend: str, model_path: str, device: str, threads: int | None,
-             onnx_dir: str | None, repeats: int, queue) -> None:
+             onnx_dir: str | None, repeats: int) -> dict:
     """Child process: every batch size for one (backend, device, threads)."""
     from expertsim.sampling import poisson_counts
 
@@ -131,17 +130,13 @@ def _measure(backend: str, model_path: str, device: str, threads: int | None,
         memory["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     for row in rows:
         row.update(memory)
-    queue.put({"rows": rows, "seconds": time.perf_counter() - started})
+    return {"rows": rows, "seconds": time.perf_counter() - started}
 
 
 def _in_child(*args) -> dict:
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_measure, args=(*args, queue))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
+    """_measure in a fresh spawned process (its own peak memory); its errors are raised here."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_measure, args)
 
 
 def model_facts(model_path: str) -> dict:
