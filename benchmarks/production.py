@@ -61,13 +61,11 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def _generator_for(backend: str, model_path: str, device: str, threads: int | None,
+def _generator_for(backend: str, model, device: str, threads: int | None,
                    onnx_dir: str | None):
-    """A function (z_BZ, c_BK numpy float32) -> expected photons (numpy) for one backend."""
-    from expertsim.checkpoint import load_mixture
-
-    mixture, _ = load_mixture(model_path)
-    mixture = mixture.to(device)
+    """A function (z_BZ, c_BK numpy float32) -> expected photons (numpy) for one backend of a
+    TrainedModel."""
+    model = model.to(device)
     if backend == "onnx":
         from expertsim.export import onnx_session
 
@@ -79,32 +77,33 @@ def _generator_for(backend: str, model_path: str, device: str, threads: int | No
             return np.expm1(np.concatenate(parts))
         return run
     if backend == "compiled":
-        generator = mixture.generator
+        generator = model.mixture.generator
         generator.forward_expert = torch.compile(generator.forward_expert, dynamic=True)
 
     def run(z, c):
-        image, _ = mixture.generate(torch.from_numpy(z).to(device), torch.from_numpy(c).to(device))
-        return torch.expm1(image).float().cpu().numpy()
+        return model.expected_photons(torch.from_numpy(z), torch.from_numpy(c))[0]
     return run
 
 
 def _measure(backend: str, model_path: str, device: str, threads: int | None,
              onnx_dir: str | None, repeats: int) -> dict:
     """Child process: every batch size for one (backend, device, threads)."""
-    from expertsim.sampling import poisson_counts
+    from expertsim.trained_model import TrainedModel, poisson_counts
 
     if threads:
         torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
     started = time.perf_counter()
-    generate = _generator_for(backend, model_path, device, threads, onnx_dir)
+    model = TrainedModel.load(model_path)
+    noise_dim = model.noise_dim
+    generate = _generator_for(backend, model, device, threads, onnx_dir)
     rss_loaded = _peak_rss_mb()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rows = []
     for batch, n_events in BATCHES.items():
         n_calls = max(1, n_events // batch)
-        z = rng.standard_normal((batch, 10)).astype(np.float32)
+        z = rng.standard_normal((batch, noise_dim)).astype(np.float32)
         c = rng.standard_normal((batch, 9)).astype(np.float32)
 
         def one_run() -> tuple[float, float]:
@@ -142,17 +141,17 @@ def _in_child(*args) -> dict:
 def model_facts(model_path: str) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from expertsim.checkpoint import load_mixture
+    from expertsim.trained_model import TrainedModel
 
-    mixture, payload = load_mixture(model_path)
-    batch = 512
-    z, c = torch.randn(batch, 10), torch.randn(batch, 9)
+    model = TrainedModel.load(model_path)
+    mixture, batch = model.mixture, 512
+    z, c = torch.randn(batch, model.noise_dim), torch.randn(batch, 9)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         mixture(z, c)
-    return {"detector": payload["detector"],
-            "n_experts": payload["config"]["model"]["n_experts"],
-            "generator_channels": payload["config"]["model"]["generator_channels"],
-            "parameters": sum(p.numel() for p in mixture.parameters()),
+    return {"detector": model.detector.name,
+            "n_experts": model.n_experts,
+            "generator_channels": model.config.model.generator_channels,
+            "parameters": model.n_parameters,
             "parameters_per_expert_path": sum(p.numel() for p in mixture.router.parameters())
             + sum(p[0].numel() for p in mixture.generator.parameters()),
             "mflops_per_event": counter.get_total_flops() / batch / 1e6}
@@ -160,25 +159,18 @@ def model_facts(model_path: str) -> dict:
 
 def fidelity(model_path: str, reference: str, n_events: int) -> dict:
     """Channel-WS (photons) of the model against test-split reference events."""
-    from expertsim.checkpoint import load_mixture
     from expertsim.detector import channel_sums
-    from expertsim.eventfile import SPLIT_NAMES, open_event_file
+    from expertsim.eventfile import EventFile
     from expertsim.metrics import channel_wasserstein
-    from expertsim.sampling import poisson_counts
+    from expertsim.trained_model import TrainedModel
 
-    mixture, payload = load_mixture(model_path)
-    with open_event_file(reference) as handle:
-        keep = (handle["split"][:] == SPLIT_NAMES["test"]) \
-            & (handle["derived/photon_sum"][:] >= 1)
-        rows = np.flatnonzero(keep)[:n_events]
-        images = handle["images"][rows]
-        conditions = handle["conditions"][rows].astype(np.float64)
-    mean, scale = payload["scaler"]["mean"].numpy(), payload["scaler"]["scale"].numpy()
-    z = torch.from_numpy(np.random.default_rng(0).standard_normal((len(rows), 10))
+    model = TrainedModel.load(model_path)
+    with EventFile(reference) as events:
+        rows = events.rows("test", min_photon_sum=1)[:n_events]
+        images, conditions = events.images(rows), events.conditions(rows)
+    z = torch.from_numpy(np.random.default_rng(0).standard_normal((len(rows), model.noise_dim))
                          .astype(np.float32))
-    image, _ = mixture.generate(z, torch.from_numpy(((conditions - mean) / scale)
-                                                    .astype(np.float32)))
-    counts = poisson_counts(torch.expm1(image).numpy(), 0, 0)
+    counts, _ = model.sample_counts(z, model.scale(conditions), seed=0, first_row=0)
     per_channel = channel_wasserstein(channel_sums(counts), channel_sums(images))
     return {"reference": reference, "events": int(len(rows)),
             "channel_ws": float(per_channel.mean()),

@@ -9,12 +9,16 @@ trainer's state_dict: model and optimizer states, epoch, step, RNG states), "sca
 model file: {"format": "expertsim-model", "version", "config" (JSON), "detector",
 "image_shape", "router", "generator" (state dicts), "scaler": {"mean", "scale"},
 "provenance" (JSON)}
+
+This module is the only one that knows those keys: the rest of the package reads a model file
+as a :class:`ModelFile` (and, to run it, as an ``expertsim.trained_model.TrainedModel``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +26,8 @@ import torch
 
 from expertsim import __version__
 from expertsim.errors import CheckpointError
-from expertsim.eventfile import atomic_path
+from expertsim.fileio import atomic_path
+from expertsim.scaler import Scaler
 
 CHECKPOINT_FORMAT = "expertsim-checkpoint"
 MODEL_FORMAT = "expertsim-model"
@@ -63,44 +68,41 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     return json.loads(payload["config"]), payload["state"]
 
 
-def save_model_file(path: str | os.PathLike, *, config: dict[str, Any], detector: str,
-                    image_shape: tuple[int, int], router: dict, generator: dict,
-                    scaler_mean, scaler_scale, provenance: dict[str, Any]) -> Path:
+@dataclass(frozen=True)
+class ModelFile:
+    """The contents of a model file: what inference needs, and what made it."""
+
+    config: dict[str, Any]  # the training config (ExperimentConfig.to_dict())
+    detector: str  # "ZN" or "ZP"
+    image_shape: tuple[int, int]
+    router: dict[str, torch.Tensor]  # state dicts
+    generator: dict[str, torch.Tensor]
+    scaler: Scaler  # the condition scaler the model was trained with
+    provenance: dict[str, Any]
+    version: str = __version__  # package version that wrote the file
+
+
+def save_model_file(path: str | os.PathLike, model: ModelFile) -> Path:
     return _save({
-        "format": MODEL_FORMAT, "version": __version__, "config": json.dumps(config),
-        "detector": detector, "image_shape": list(image_shape), "router": router,
-        "generator": generator,
-        "scaler": {"mean": torch.as_tensor(scaler_mean, dtype=torch.float64),
-                   "scale": torch.as_tensor(scaler_scale, dtype=torch.float64)},
-        "provenance": json.dumps(provenance, default=str),
+        "format": MODEL_FORMAT, "version": model.version, "config": json.dumps(model.config),
+        "detector": model.detector, "image_shape": list(model.image_shape),
+        "router": model.router, "generator": model.generator,
+        "scaler": {"mean": torch.as_tensor(model.scaler.mean, dtype=torch.float64),
+                   "scale": torch.as_tensor(model.scaler.scale, dtype=torch.float64)},
+        "provenance": json.dumps(model.provenance, default=str),
     }, path)
 
 
-def load_model_file(path: str | os.PathLike) -> dict[str, Any]:
+def load_model_file(path: str | os.PathLike) -> ModelFile:
+    """Read a model file (weights only: it cannot run code)."""
     payload = _load(path, MODEL_FORMAT)
-    payload["config"] = json.loads(payload["config"])
-    payload["provenance"] = json.loads(payload["provenance"])
-    return payload
-
-
-def load_mixture(path: str | os.PathLike):
-    """Rebuild the inference model from a model file: (MixtureOfExperts in eval mode, payload).
-
-    The payload also holds the condition scaler (``payload["scaler"]``), the detector and the
-    training config.
-    """
-    from expertsim.config import config_from_dict
-    from expertsim.models import ExpertGenerator, MixtureOfExperts, Router
-
-    payload = load_model_file(path)
-    model = config_from_dict(payload["config"], str(path)).model
-    router = Router(model.n_experts, model.router_hidden)
-    generator = ExpertGenerator(model.n_experts, tuple(payload["image_shape"]), model.noise_dim,
-                                model.generator_channels, model.dispatch)
     try:
-        router.load_state_dict(payload["router"])
-        generator.load_state_dict(payload["generator"])
-    except RuntimeError as error:
-        raise CheckpointError(f"{path}: weights do not fit the model its config describes "
-                              f"({str(error).splitlines()[0]})") from None
-    return MixtureOfExperts(router, generator).eval(), payload
+        return ModelFile(
+            config=json.loads(payload["config"]), detector=str(payload["detector"]),
+            image_shape=tuple(int(v) for v in payload["image_shape"]),
+            router=payload["router"], generator=payload["generator"],
+            scaler=Scaler(payload["scaler"]["mean"].numpy(), payload["scaler"]["scale"].numpy()),
+            provenance=json.loads(payload["provenance"]), version=str(payload["version"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise CheckpointError(f"{path}: an incomplete expertsim-model file ({type(error).__name__}"
+                              f": {error}); train it again (expertsim train)") from None

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from expertsim.detector import DETECTORS
 from expertsim.errors import ConfigError
 
 
@@ -42,8 +43,9 @@ class SimulateSpec:
     repeat: int = 1
 
     def __post_init__(self) -> None:
-        if self.detector.lower() not in ("zn", "zp"):
-            raise ConfigError(f"data.simulate.detector must be zn or zp, got {self.detector!r}")
+        if self.detector.upper() not in DETECTORS:
+            raise ConfigError(f"data.simulate.detector must be one of "
+                              f"{[name.lower() for name in DETECTORS]}, got {self.detector!r}")
         _positive("data.simulate", n_events=self.n_events, repeat=self.repeat)
 
 

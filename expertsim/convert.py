@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from expertsim.detector import Detector, detector_for_shape, get_detector
+from expertsim.detector import Detector, get_detector
 from expertsim.errors import DataSchemaError, TrustError
-from expertsim.eventfile import (DEFAULT_SPLIT_FRACTIONS, check_raw, open_event_file,
-                                 write_event_file)
+from expertsim.eventfile import (DEFAULT_SPLIT_FRACTIONS, check_conditions, check_images,
+                                 read_raw_events, write_event_file)
 from expertsim.provenance import make_provenance
 
 PICKLE_CONDITION_COLUMNS = ("Energy", "Vx", "Vy", "Vz", "Px", "Py", "Pz", "mass", "charge")
@@ -49,44 +49,6 @@ def _load_npz_key(path: Path, key: str) -> np.ndarray:
         raise DataSchemaError(f"{path}: cannot read key {key!r}: {error}") from None
     except (OSError, zipfile.BadZipFile, EOFError) as error:
         raise DataSchemaError(f"{path}: not a readable npz archive ({error})") from None
-
-
-def check_images(images: np.ndarray, source: str) -> tuple[np.ndarray, Detector]:
-    """Validate an (N, H, W) image array of photon counts; return it and its detector."""
-    if images.ndim != 3:
-        raise DataSchemaError(f"{source}: images must have shape (N, H, W), got {images.shape}")
-    if images.dtype.kind not in "uif":
-        raise DataSchemaError(f"{source}: images must be numeric, got dtype {images.dtype}")
-    try:
-        detector = detector_for_shape(images.shape[1:])
-    except DataSchemaError as error:
-        raise DataSchemaError(f"{source}: {error}") from None
-    if images.dtype.kind == "f":
-        if not np.isfinite(images).all():
-            bad = int(np.flatnonzero(~np.isfinite(images).reshape(len(images), -1).all(1))[0])
-            raise DataSchemaError(f"{source}: images hold NaN or inf (first at event {bad})")
-        if np.array_equal(images, np.round(images)):
-            images = images.astype(np.int64)
-    if images.size and images.min() < 0:
-        bad = int(np.flatnonzero(images.reshape(len(images), -1).min(1) < 0)[0])
-        raise DataSchemaError(f"{source}: images hold negative photon counts (first at event {bad})")
-    return images, detector
-
-
-def check_conditions(conditions: np.ndarray, n_events: int, source: str) -> np.ndarray:
-    """Validate (N, 9) finite conditions."""
-    if conditions.ndim != 2 or conditions.shape != (n_events, 9):
-        raise DataSchemaError(
-            f"{source}: conditions must have shape ({n_events}, 9), got {conditions.shape}")
-    if conditions.dtype.kind not in "uif":
-        raise DataSchemaError(f"{source}: conditions must be numeric, got {conditions.dtype}")
-    finite = np.isfinite(conditions)
-    if not finite.all():
-        row, column = (int(v[0]) for v in np.nonzero(~finite))
-        raise DataSchemaError(
-            f"{source}: conditions hold NaN or inf (first at event {row}, column {column}); "
-            "drop or fix those events first")
-    return conditions.astype(np.float64)
 
 
 def _finish(output: Path, images: np.ndarray, conditions: np.ndarray, pdg: np.ndarray | None,
@@ -211,16 +173,10 @@ def from_event_h5(path: str | os.PathLike, output: str | os.PathLike, *, seed: i
                   split_fractions: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS) -> Path:
     """Re-derive a complete event file from an HDF5 file with /images and /conditions."""
     path = Path(path)
-    with open_event_file(path) as handle:
-        try:
-            detector, n_events = check_raw(handle, path)
-            image_array = handle["images"][:]
-            condition_array = handle["conditions"][:]
-            pdg = handle["pdg"][:] if "pdg" in handle else None
-        except (OSError, KeyError, RuntimeError) as error:
-            raise DataSchemaError(f"{path}: damaged HDF5 content ({error})") from None
+    image_array, condition_array, pdg, detector = read_raw_events(path)
     image_array, _ = check_images(image_array, f"{path}[/images]")
-    condition_array = check_conditions(condition_array, n_events, f"{path}[/conditions]")
+    condition_array = check_conditions(condition_array, len(image_array),
+                                       f"{path}[/conditions]")
     provenance = make_provenance(made_by="expertsim prepare h5", seed=seed,
                                  config={"split_fractions": split_fractions}, inputs=[path])
     return _finish(Path(output), image_array, condition_array, pdg, detector, None, provenance,

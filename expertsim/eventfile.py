@@ -25,7 +25,9 @@ Layout (schema version 1), N events of a detector with image shape (H, W):
     file attrs: schema_version, detector ("ZN"/"ZP"), image_shape, n_events, provenance (JSON)
 
 Files are written to a temporary name beside the target and renamed when complete, so a
-crash never leaves a half-written event file under the final name.
+crash never leaves a half-written event file under the final name. Reading goes through
+:class:`EventFile` (rows by split and photon-sum window, conditions, images, derived columns,
+the stored scaler); the input checks of images and conditions live here too.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -41,9 +42,12 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
-from expertsim.detector import Detector, brightest_fibre, channel_sums, get_detector, photon_sums
-from expertsim.errors import DataSchemaError
+from expertsim.detector import (Detector, brightest_fibre, channel_sums, detector_for_shape,
+                                get_detector, photon_sums)
+from expertsim.errors import ConfigError, DataSchemaError
+from expertsim.fileio import atomic_path
 from expertsim.provenance import to_json
+from expertsim.scaler import Scaler
 
 SCHEMA_VERSION = 1
 CONDITION_COLUMNS = ("E", "vx", "vy", "vz", "px", "py", "pz", "mass", "charge")
@@ -56,22 +60,6 @@ DERIVED_KEYS = ("photon_sum", "channels", "brightest", "condition_id", "spread",
 
 def _chunk_events(n_events: int) -> int:
     return max(1, min(CHUNK_EVENTS, n_events))
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial",
-                                         dir=target.parent)
-    os.close(handle)
-    try:
-        yield Path(temporary)
-        os.replace(temporary, target)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
 
 
 class EventFileWriter:
@@ -244,7 +232,7 @@ def finalize(handle: h5py.File, detector: Detector, provenance: dict[str, Any], 
         train = np.ones(n_events, dtype=bool)
     thresholds = intensity_thresholds(photon_sum_N[train])
     group_N = np.digitize(photon_sum_N, thresholds).astype(np.int8)
-    mean_9, scale_9 = fit_scaler(conditions_N9[train])
+    scaler = Scaler.fit(conditions_N9[train])
 
     derived = handle.require_group("derived")
     for key, values in (("photon_sum", photon_sum_N), ("channels", channels_NC),
@@ -263,12 +251,12 @@ def finalize(handle: h5py.File, detector: Detector, provenance: dict[str, Any], 
     split.attrs["seed"] = split_seed
     split.attrs["fractions"] = np.asarray(split_fractions)
     split.attrs["names"] = json.dumps(SPLIT_NAMES)
-    scaler = handle.require_group("scaler")
-    for key, values in (("mean", mean_9), ("scale", scale_9)):
-        if key in scaler:
-            del scaler[key]
-        scaler.create_dataset(key, data=values)
-    scaler.attrs["fitted_on"] = "train split"
+    group = handle.require_group("scaler")
+    for key, values in (("mean", scaler.mean), ("scale", scaler.scale)):
+        if key in group:
+            del group[key]
+        group.create_dataset(key, data=values)
+    group.attrs["fitted_on"] = "train split"
     handle.attrs["schema_version"] = SCHEMA_VERSION
     handle.attrs["detector"] = detector.name
     handle.attrs["image_shape"] = np.asarray(detector.shape)
@@ -312,14 +300,6 @@ def intensity_thresholds(photon_sum_N: np.ndarray) -> np.ndarray:
     return np.array([max(low, 1.0), max(high, low + 1.0)])
 
 
-def fit_scaler(conditions_N9: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column mean and std; a constant column gets scale 1 so it maps to 0."""
-    mean_9 = conditions_N9.mean(axis=0)
-    scale_9 = conditions_N9.std(axis=0)
-    scale_9[scale_9 <= 1e-12 * np.maximum(np.abs(mean_9), 1.0)] = 1.0
-    return mean_9, scale_9
-
-
 # ---------------------------------------------------------------- reading and checking
 
 
@@ -359,7 +339,6 @@ def check_raw(handle: h5py.File, path: Path) -> tuple[Detector, int]:
         raise DataSchemaError(f"{path}: '/images' must have shape (N, H, W), has {images.shape}")
     detector_name = handle.attrs.get("detector")
     if detector_name is None:
-        from expertsim.detector import detector_for_shape
         detector = detector_for_shape(images.shape[1:])
     else:
         detector = get_detector(_as_str(detector_name))
@@ -426,10 +405,169 @@ def _as_str(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def read_scaler(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """The stored condition mean and scale, shapes (9,), fitted on the train split."""
-    with open_event_file(path) as handle:
-        return handle["scaler/mean"][:], handle["scaler/scale"][:]
+
+# ---------------------------------------------------------------- input checks
+
+
+def check_images(images: np.ndarray, source: str) -> tuple[np.ndarray, Detector]:
+    """Validate an (N, H, W) image array of photon counts; return it and its detector."""
+    if images.ndim != 3:
+        raise DataSchemaError(f"{source}: images must have shape (N, H, W), got {images.shape}")
+    if images.dtype.kind not in "uif":
+        raise DataSchemaError(f"{source}: images must be numeric, got dtype {images.dtype}")
+    try:
+        detector = detector_for_shape(images.shape[1:])
+    except DataSchemaError as error:
+        raise DataSchemaError(f"{source}: {error}") from None
+    if images.dtype.kind == "f":
+        if not np.isfinite(images).all():
+            bad = int(np.flatnonzero(~np.isfinite(images).reshape(len(images), -1).all(1))[0])
+            raise DataSchemaError(f"{source}: images hold NaN or inf (first at event {bad})")
+        if np.array_equal(images, np.round(images)):
+            images = images.astype(np.int64)
+    if images.size and images.min() < 0:
+        bad = int(np.flatnonzero(images.reshape(len(images), -1).min(1) < 0)[0])
+        raise DataSchemaError(f"{source}: images hold negative photon counts (first at event {bad})")
+    return images, detector
+
+
+def check_conditions(conditions: np.ndarray, n_events: int, source: str) -> np.ndarray:
+    """Validate (N, 9) finite conditions; return them as float64."""
+    if conditions.ndim != 2 or conditions.shape != (n_events, len(CONDITION_COLUMNS)):
+        raise DataSchemaError(
+            f"{source}: conditions must have shape ({n_events}, 9), got {conditions.shape}")
+    if conditions.dtype.kind not in "uif":
+        raise DataSchemaError(f"{source}: conditions must be numeric, got {conditions.dtype}")
+    finite = np.isfinite(conditions)
+    if not finite.all():
+        row, column = (int(v[0]) for v in np.nonzero(~finite))
+        raise DataSchemaError(
+            f"{source}: conditions hold NaN or inf (first at event {row}, column {column}); "
+            "drop or fix those events first")
+    return conditions.astype(np.float64)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def select_rows(split_N: np.ndarray, photon_sum_N: np.ndarray, *, split: str = "all",
+                min_photon_sum: float | None = None,
+                max_photon_sum: float | None = None) -> np.ndarray:
+    """Indices (sorted) of the events of ``split`` ("train", "val", "test" or "all") whose
+    photon sum lies in [min_photon_sum, max_photon_sum] (photons; None = unbounded)."""
+    if split not in (*SPLIT_NAMES, "all"):
+        raise ConfigError(f"split {split!r} is not one of {[*SPLIT_NAMES, 'all']}")
+    keep = np.ones(len(split_N), dtype=bool)
+    if split != "all":
+        keep &= split_N == SPLIT_NAMES[split]
+    if min_photon_sum is not None:
+        keep &= photon_sum_N >= min_photon_sum
+    if max_photon_sum is not None:
+        keep &= photon_sum_N <= max_photon_sum
+    return np.flatnonzero(keep)
+
+
+
+class EventFile:
+    """Read access to one complete (checked) event file; use as a context manager.
+
+    Every reader takes ``rows``: None for all events, a slice, or an index array (any order,
+    repeats allowed). Per-event columns are read whole and indexed in memory; images are read
+    row by row from HDF5 only for the rows asked for.
+
+    >>> # with EventFile("zn.h5") as events:
+    >>> #     rows = events.rows(split="test", min_photon_sum=1)
+    >>> #     conditions_N9, channels_N5 = events.conditions(rows), events.derived("channels", rows)
+
+    Args:
+        path: the event file.
+        chunk_cache_bytes: HDF5 chunk cache for streaming reads of ``image_dataset``.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, chunk_cache_bytes: int | None = None) -> None:
+        self.info = check_event_file(path)
+        self.path = self.info.path
+        options = {} if chunk_cache_bytes is None else {"rdcc_nbytes": int(chunk_cache_bytes)}
+        self._handle = h5py.File(self.path, "r", **options)
+
+    def __enter__(self) -> "EventFile":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._handle.close()
+
+    @property
+    def detector(self) -> Detector:
+        return self.info.detector
+
+    @property
+    def n_events(self) -> int:
+        return self.info.n_events
+
+    def rows(self, split: str = "all", min_photon_sum: float | None = None,
+             max_photon_sum: float | None = None) -> np.ndarray:
+        """Sorted indices of the events of a split within a photon-sum window (photons)."""
+        return select_rows(self.split_labels(), self.derived("photon_sum"), split=split,
+                           min_photon_sum=min_photon_sum, max_photon_sum=max_photon_sum)
+
+    def _column(self, key: str, rows: np.ndarray | slice | None) -> np.ndarray:
+        dataset = self._handle[key]
+        if isinstance(rows, slice):
+            return dataset[rows]
+        values = dataset[:]
+        return values if rows is None else values[rows]
+
+    def conditions(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
+        """Raw conditions (N, 9), float64, in the units of ``CONDITION_UNITS``."""
+        return self._column("conditions", rows).astype(np.float64)
+
+    def split_labels(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
+        """Split label per event (0 train, 1 validation, 2 test), uint8."""
+        return self._column("split", rows)
+
+    def derived(self, name: str, rows: np.ndarray | slice | None = None) -> np.ndarray:
+        """A derived per-event quantity: one of ``DERIVED_KEYS`` (see the module docstring)."""
+        if name not in DERIVED_KEYS:
+            raise ConfigError(f"no derived quantity {name!r}; have {list(DERIVED_KEYS)}")
+        return self._column(f"derived/{name}", rows)
+
+    def pdg(self, rows: np.ndarray | slice | None = None) -> np.ndarray | None:
+        """PDG ids (N,), or None when the file has none."""
+        return self._column("pdg", rows) if self.info.has_pdg else None
+
+    def extra(self, name: str, rows: np.ndarray | slice | None = None) -> np.ndarray | None:
+        """A sample file's extra per-event array ("expert", "source_row"), or None."""
+        if name in ("images", "conditions", "pdg", "split", "derived", "scaler"):
+            raise ConfigError(f"{name!r} is not an extra dataset")
+        return self._column(name, rows) if name in self._handle else None
+
+    def images(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
+        """Photon counts (N, H, W) in the stored dtype."""
+        dataset = self._handle["images"]
+        if rows is None or isinstance(rows, slice):
+            return dataset[slice(None) if rows is None else rows]
+        rows = np.asarray(rows, dtype=np.int64)
+        unique, inverse = np.unique(rows, return_inverse=True)
+        images = dataset[unique] if len(unique) else dataset[:0]
+        if len(unique) == len(rows) and np.array_equal(unique, rows):
+            return images
+        return images[inverse.ravel()]
+
+    @property
+    def image_dataset(self) -> h5py.Dataset:
+        """The images as an HDF5 dataset, for streaming reads of contiguous ranges."""
+        return self._handle["images"]
+
+    def scaler(self) -> Scaler:
+        """The condition scaler stored with the file (fitted on its train split)."""
+        return Scaler(self._handle["scaler/mean"][:], self._handle["scaler/scale"][:])
+
+    def group_thresholds(self) -> np.ndarray:
+        """Photon-sum edges (2,) between the low, medium and high intensity groups."""
+        return self._handle["derived/group"].attrs["thresholds"]
 
 
 def read_columns(path: str | os.PathLike, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -441,15 +579,37 @@ def read_columns(path: str | os.PathLike, keys: tuple[str, ...]) -> dict[str, np
         return {key: handle[key][:] for key in keys}
 
 
+def read_raw_events(path: str | os.PathLike
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, Detector]:
+    """Images, conditions, PDG ids (or None) and detector of an HDF5 file holding at least
+    /images and /conditions (a raw file, before derived quantities and split exist)."""
+    path = Path(path)
+    with open_event_file(path) as handle:
+        try:
+            detector, _ = check_raw(handle, path)
+            return (handle["images"][:], handle["conditions"][:],
+                    handle["pdg"][:] if "pdg" in handle else None, detector)
+        except (OSError, KeyError, RuntimeError) as error:
+            raise DataSchemaError(f"{path}: damaged HDF5 content ({error})") from None
+
+
+def read_raw_conditions(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """Conditions (N, 9) as stored and PDG ids (or None) of any HDF5 file with /conditions."""
+    with open_event_file(path) as handle:
+        if "conditions" not in handle:
+            raise DataSchemaError(f"{path}: missing dataset '/conditions'")
+        return handle["conditions"][:], (handle["pdg"][:] if "pdg" in handle else None)
+
+
 def summarize(path: str | os.PathLike) -> dict[str, Any]:
     """Summary of an event file: detector, N, condition ranges, photon-sum quantiles, empties."""
-    info = check_event_file(path)
-    with open_event_file(path) as handle:
-        conditions_N9 = handle["conditions"][:]
-        photon_sum_N = handle["derived/photon_sum"][:]
-        split_N = handle["split"][:]
-        thresholds = handle["derived/group"].attrs["thresholds"]
-        zero_fibres = sum(int((handle["images"][block] == 0).sum())
+    with EventFile(path) as events:
+        info = events.info
+        conditions_N9 = events.conditions()
+        photon_sum_N = events.derived("photon_sum")
+        split_N = events.split_labels()
+        thresholds = events.group_thresholds()
+        zero_fibres = sum(int((events.images(block) == 0).sum())
                           for block in _iter_blocks(info.n_events))
     non_empty = photon_sum_N[photon_sum_N > 0]
     quantiles = (0.0, 0.25, 0.5, 0.75, 0.99, 1.0)

@@ -28,11 +28,12 @@ import numpy as np
 import torch
 
 from expertsim import __version__
-from expertsim.checkpoint import load_mixture
 from expertsim.detector import N_CHANNELS, channel_sums
 from expertsim.errors import ExpertSimError
 from expertsim.eventfile import CONDITION_COLUMNS, CONDITION_UNITS
 from expertsim.provenance import file_sha256, make_provenance
+from expertsim.scaler import Scaler
+from expertsim.trained_model import TrainedModel
 
 DEFAULT_OPSET = 17  # ONNX Runtime 1.13 and later run it
 INPUT_NAMES = ("noise", "conditions")
@@ -73,10 +74,10 @@ class _O2Graph(torch.nn.Module):
         return self.mixture(noise, conditions)[0]
 
 
-def write_scales_file(path: str | os.PathLike, mean: np.ndarray, scale: np.ndarray) -> None:
+def write_scales_file(path: str | os.PathLike, scaler: Scaler) -> None:
     """O2's scaler text format; full float64 precision, one number per line."""
-    lines = ["#means", *(repr(float(v)) for v in mean), "", "#scales",
-             *(repr(float(v)) for v in scale)]
+    lines = ["#means", *(repr(float(v)) for v in scaler.mean), "", "#scales",
+             *(repr(float(v)) for v in scaler.scale)]
     Path(path).write_text("\n".join(lines) + "\n")
 
 
@@ -121,20 +122,17 @@ def check_export(onnx_path: str | os.PathLike, model_path: str | os.PathLike, *,
     Raw conditions are drawn around the training distribution (mean + scale * N(0, 1)) and
     scaled in float32 as O2 does; PyTorch gets the package's own scaling of the same values.
     """
-    mixture, payload = load_mixture(model_path)
-    mean = payload["scaler"]["mean"].numpy()
-    scale = payload["scaler"]["scale"].numpy()
+    model = TrainedModel.load(model_path)
+    mean, scale = model.scaler.mean, model.scaler.scale
     rng = np.random.default_rng(seed)
     raw_N9 = mean + scale * rng.standard_normal((n_events, len(mean)))
-    noise_NZ = rng.standard_normal((n_events, payload["config"]["model"]["noise_dim"]))
-    noise_NZ = noise_NZ.astype(np.float32)
+    noise_NZ = rng.standard_normal((n_events, model.noise_dim)).astype(np.float32)
+    # O2 scales in float32 (its own arithmetic, on purpose not the package's Scaler)
     o2_scaled = ((raw_N9.astype(np.float32) - mean.astype(np.float32))
                  / scale.astype(np.float32))
     onnx_NHW = onnx_session(onnx_path).run(
         None, {INPUT_NAMES[0]: noise_NZ, INPUT_NAMES[1]: o2_scaled})[0]
-    torch_NHW, expert_N = mixture.generate(torch.from_numpy(noise_NZ),
-                                    torch.from_numpy(((raw_N9 - mean) / scale)
-                                                     .astype(np.float32)))
+    torch_NHW, expert_N = model.generate(torch.from_numpy(noise_NZ), model.scale(raw_N9))
     torch_NHW = torch_NHW.numpy()
     if onnx_NHW.shape != torch_NHW.shape:
         raise ExportCheckError(f"{onnx_path}: ONNX output shape {onnx_NHW.shape}, PyTorch "
@@ -150,8 +148,7 @@ def check_export(onnx_path: str | os.PathLike, model_path: str | os.PathLike, *,
             (np.abs(o2_channels - package_channels) / channel_scale).max()),
         channel_tolerance=CHANNEL_RELATIVE_TOLERANCE,
         mean_photon_sum=float(package_channels.sum(axis=1).mean()),
-        events_per_expert=np.bincount(expert_N.numpy(), minlength=mixture.generator.n_experts)
-        .tolist())
+        events_per_expert=np.bincount(expert_N.numpy(), minlength=model.n_experts).tolist())
 
 
 def _declare_image_shape(onnx_path: Path, image_shape: tuple[int, int]) -> None:
@@ -180,10 +177,8 @@ def export_onnx(model_path: str | os.PathLike, output_dir: str | os.PathLike, *,
     The files are written to a temporary directory, checked, and only then moved into place:
     a failed export or check leaves ``output_dir`` as it was.
     """
-    mixture, payload = load_mixture(model_path)
-    detector = payload["detector"]
-    image_shape = tuple(payload["image_shape"])
-    noise_dim = payload["config"]["model"]["noise_dim"]
+    model = TrainedModel.load(model_path)
+    image_shape, noise_dim = model.image_shape, model.noise_dim
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export.", dir=output_dir))
@@ -196,14 +191,12 @@ def export_onnx(model_path: str | os.PathLike, output_dir: str | os.PathLike, *,
             # expertsim.models.router.MixtureOfExperts
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                _O2Graph(mixture).eval(), example, str(onnx_path), dynamo=False,
+                _O2Graph(model.mixture).eval(), example, str(onnx_path), dynamo=False,
                 input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
                 dynamic_axes={name: {0: "batch"} for name in (*INPUT_NAMES, *OUTPUT_NAMES)},
                 opset_version=opset)
         _declare_image_shape(onnx_path, image_shape)
-        mean = payload["scaler"]["mean"].numpy()
-        scale = payload["scaler"]["scale"].numpy()
-        write_scales_file(staging / "scales.txt", mean, scale)
+        write_scales_file(staging / "scales.txt", model.scaler)
         result = check_export(onnx_path, model_path, n_events=check_events, seed=seed) \
             if check else None
         if result is not None and not result.passed:
@@ -215,7 +208,7 @@ def export_onnx(model_path: str | os.PathLike, output_dir: str | os.PathLike, *,
                 "flipped by rounding gives this once in a while: try --check-seed")
         metadata = {
             "format": "expertsim-onnx-export",
-            "detector": detector,
+            "detector": model.detector.name,
             "image_shape": list(image_shape),
             "inputs": [
                 {"index": 0, "name": INPUT_NAMES[0], "shape": ["batch", noise_dim],
@@ -228,7 +221,7 @@ def export_onnx(model_path: str | os.PathLike, output_dir: str | os.PathLike, *,
                  "dtype": "float32", "meaning": "expected photons per fibre, log(1 + x)"}],
             "opset": opset,
             "scales_file": "scales.txt",
-            "n_experts": payload["config"]["model"]["n_experts"],
+            "n_experts": model.n_experts,
             "onnx_sha256": file_sha256(onnx_path),
             "model_sha256": file_sha256(model_path),
             "torch": torch.__version__,
@@ -236,7 +229,7 @@ def export_onnx(model_path: str | os.PathLike, output_dir: str | os.PathLike, *,
             "provenance": make_provenance(made_by="expertsim export", seed=seed,
                                           inputs=[model_path],
                                           config={"format": "onnx", "opset": opset}),
-            "model_provenance": payload["provenance"],
+            "model_provenance": model.provenance,
             "package_version": __version__,
         }
         (staging / "model.json").write_text(json.dumps(metadata, indent=2, default=str) + "\n")

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import h5py
 import numpy as np
 
 from expertsim.errors import ConfigError
-from expertsim.eventfile import SPLIT_NAMES, check_event_file, open_event_file
+from expertsim.eventfile import EventFile
 
 
 @dataclass
@@ -43,10 +42,7 @@ class Batch:
         return len(self.index)
 
 
-_PER_EVENT_KEYS = {
-    "photon_sum": "derived/photon_sum", "channels": "derived/channels",
-    "brightest": "derived/brightest", "spread": "derived/spread", "group": "derived/group",
-}
+_PER_EVENT_NAMES = ("photon_sum", "channels", "brightest", "spread", "group")
 
 
 class EventLoader:
@@ -60,7 +56,7 @@ class EventLoader:
         shuffle: shuffle chunk order and events within the buffer.
         min_photon_sum, max_photon_sum: keep events with min <= photon sum <= max (photons).
         memory_limit_bytes: bound on the image memory the loader holds (buffer, slab read and
-            one batch); per-event scalars (~73 bytes an event) are held besides.
+            one batch); per-event scalars (~110 bytes an event) are held besides.
         drop_last: drop a final incomplete batch.
         log_images, scale_conditions: apply the standard transforms.
         rank, world_size: under DDP each rank receives its contiguous slice of every global
@@ -84,8 +80,6 @@ class EventLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if split not in (*SPLIT_NAMES, "all"):
-            raise ConfigError(f"split {split!r} is not one of {[*SPLIT_NAMES, 'all']}")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
@@ -93,7 +87,6 @@ class EventLoader:
         if batch_size % world_size:
             raise ConfigError(
                 f"batch_size {batch_size} must be divisible by world_size {world_size}")
-        self.info = check_event_file(path)
         self.path = Path(path)
         self.batch_size = batch_size
         self.seed = seed
@@ -104,22 +97,13 @@ class EventLoader:
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
-        with open_event_file(path) as handle:
-            split_N = handle["split"][:]
-            photon_sum_N = handle["derived/photon_sum"][:]
-            self.mean_9 = handle["scaler/mean"][:]
-            self.scale_9 = handle["scaler/scale"][:]
-            # Per-event scalars are small (~73 bytes an event): held in memory; images stream.
-            self._per_event = {name: handle[key][:] for name, key in _PER_EVENT_KEYS.items()}
-            self._conditions_N9 = handle["conditions"][:]
-        keep = np.ones(len(split_N), dtype=bool)
-        if split != "all":
-            keep &= split_N == SPLIT_NAMES[split]
-        if min_photon_sum is not None:
-            keep &= photon_sum_N >= min_photon_sum
-        if max_photon_sum is not None:
-            keep &= photon_sum_N <= max_photon_sum
-        self.indices = np.flatnonzero(keep)
+        with EventFile(path) as events:
+            self.info = events.info
+            self.indices = events.rows(split, min_photon_sum, max_photon_sum)
+            self.scaler = events.scaler()
+            # Per-event scalars are small (~110 bytes an event): held in memory; images stream.
+            self._per_event = {name: events.derived(name) for name in _PER_EVENT_NAMES}
+            self._conditions_N9 = events.conditions()
         if len(self.indices) == 0:
             raise ConfigError(
                 f"{path}: no events in split {split!r} with photon sum in "
@@ -170,8 +154,8 @@ class EventLoader:
                  else np.arange(len(self._piece_ids)))
         chunk_bytes = self.info.chunk_events * np.prod(self.info.detector.shape) * 8
         # An HDF5 chunk cache of about one decompressed chunk: the loader reads each piece once.
-        with h5py.File(self.path, "r", rdcc_nbytes=int(chunk_bytes)) as handle:
-            images = handle["images"]
+        with EventFile(self.path, chunk_cache_bytes=int(chunk_bytes)) as events:
+            images = events.image_dataset
             index_B = np.empty(0, dtype=np.int64)
             images_BHW = np.empty((0, *self.info.detector.shape), dtype=images.dtype)
             position = 0
@@ -208,9 +192,9 @@ class EventLoader:
             part = slice(self.rank * share, (self.rank + 1) * share)
             index_B, raw_BHW = index_B[part], raw_BHW[part]
         fields = {name: values[index_B] for name, values in self._per_event.items()}
-        conditions_B9 = self._conditions_N9[index_B].astype(np.float64)
+        conditions_B9 = self._conditions_N9[index_B]
         if self.scale_conditions:
-            conditions_B9 = (conditions_B9 - self.mean_9) / self.scale_9
+            conditions_B9 = self.scaler.transform(conditions_B9)
         images_BHW = raw_BHW.astype(np.float32)
         if self.log_images:
             np.log1p(images_BHW, out=images_BHW)

@@ -11,9 +11,13 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 from scipy.stats import ks_2samp, wasserstein_distance
 
+from expertsim.detector import brightest_fibre, channel_sums
+
 MIN_TRUSTED_EVENTS = 100
+N_GROUPS = 3  # intensity groups of an event file: low, medium, high photon sum
 
 
 def _warn_if_small(*samples: np.ndarray) -> None:
@@ -156,3 +160,39 @@ def classifier_auc(generated_NF: np.ndarray, reference_MF: np.ndarray, *, seed: 
             return network(inputs).squeeze(1).numpy()
 
     return roc_auc(score(generated[:n_test]), score(reference[:n_test]))
+
+
+def event_features(images_NHW: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-event observables of counts-space images (N, H, W): photon_sum (N,) and channels
+    (N, 5) in photons; fibres_hit, brightest_row, brightest_col and the shower shape
+    (centroid_x, centroid_y, width_x, width_y) in fibre units, NaN for empty events
+    (fibres_hit is 0 there).
+
+    >>> image = np.zeros((1, 4, 4)); image[0, 1, 2] = 3
+    >>> features = event_features(image)
+    >>> float(features["photon_sum"][0]), float(features["brightest_row"][0])
+    (3.0, 1.0)
+    """
+    images_NHW = np.asarray(images_NHW, dtype=np.float64)
+    channels = channel_sums(images_NHW)
+    photon_sum = channels.sum(axis=1)
+    empty = photon_sum <= 0
+    brightest = brightest_fibre(images_NHW).astype(np.float64)
+    brightest[empty] = np.nan
+    hit = fibres_hit(images_NHW).astype(np.float64)
+    return {"photon_sum": photon_sum, "channels": channels, "fibres_hit": hit,
+            "brightest_row": brightest[:, 0], "brightest_col": brightest[:, 1],
+            **shower_shape(images_NHW)}
+
+
+def routing_agreement(expert_N: np.ndarray, group_N: np.ndarray, n_experts: int) -> float:
+    """Fraction of events whose expert matches their intensity group under the best one-to-one
+    assignment of experts to groups (1 = the router reproduces the physical partition).
+
+    >>> routing_agreement(np.array([2, 2, 0, 1]), np.array([0, 0, 1, 2]), 3)
+    1.0
+    """
+    confusion = np.zeros((n_experts, N_GROUPS))
+    np.add.at(confusion, (expert_N, np.clip(group_N, 0, N_GROUPS - 1)), 1)
+    rows, cols = linear_sum_assignment(-confusion)
+    return float(confusion[rows, cols].sum() / max(len(expert_N), 1))

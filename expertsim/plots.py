@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from expertsim.eventfile import atomic_path, open_event_file
+from expertsim.eventfile import EventFile
+from expertsim.fileio import atomic_path
 
 
 def _pyplot():
@@ -19,15 +20,23 @@ def _pyplot():
     return plt
 
 
+def save_figure(figure, path: str | os.PathLike, dpi: int = 90) -> Path:
+    """Save a figure as PNG (atomically) and close it."""
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=dpi)
+    _pyplot().close(figure)
+    return Path(path)
+
+
 def plot_event_file(path: str | os.PathLike, output_png: str | os.PathLike,
                     n_examples: int = 8, seed: int = 0) -> Path:
     """Save example images (brightest-looking spread of intensities), the photon-sum
     histogram and the five channel histograms of an event file as one PNG."""
     plt = _pyplot()
-    with open_event_file(path) as handle:
-        photon_sum_N = handle["derived/photon_sum"][:]
-        channels_NC = handle["derived/channels"][:]
-        detector = str(handle.attrs["detector"])
+    with EventFile(path) as events:
+        photon_sum_N = events.derived("photon_sum")
+        channels_NC = events.derived("channels")
+        detector = events.detector.name
         non_empty = np.flatnonzero(photon_sum_N > 0)
         rng = np.random.default_rng(seed)
         if len(non_empty):
@@ -37,8 +46,8 @@ def plot_event_file(path: str | os.PathLike, output_png: str | os.PathLike,
         else:
             picks = rng.choice(len(photon_sum_N), size=min(n_examples, len(photon_sum_N)),
                                replace=False)
-        examples = [handle["images"][int(i)] for i in np.sort(picks)]
         picks = np.sort(picks)
+        examples = events.images(picks)
 
     figure = plt.figure(figsize=(16, 8))
     grid = figure.add_gridspec(2, max(n_examples, 6))
@@ -65,7 +74,151 @@ def plot_event_file(path: str | os.PathLike, output_png: str | os.PathLike,
     figure.suptitle(f"{Path(path).name}: {detector}, {len(photon_sum_N)} events, "
                     f"{(photon_sum_N <= 0).mean():.1%} empty (images: log(1 + photons))")
     figure.tight_layout()
-    with atomic_path(output_png) as temporary:
-        figure.savefig(temporary, format="png", dpi=90)
-    plt.close(figure)
-    return Path(output_png)
+    return save_figure(figure, output_png, dpi=90)
+
+
+def validation_figures(generated: dict, reference: dict, paired: dict, report: dict,
+                       output_dir: Path) -> list[str]:
+    """The validation report's figures: channels.png (histograms with ratio panels),
+    mean_images.png, examples.png, response_energy.png; returns the file names.
+
+    ``generated``, ``reference``: feature dicts (expertsim.metrics.event_features plus
+    "images"); ``paired``: the reference event of each generated row; ``report``: metrics.json.
+    """
+    plt = _pyplot()
+    names = []
+
+    def save(figure, name):
+        save_figure(figure, output_dir / name, dpi=80)
+        names.append(name)
+
+    figure, axes = plt.subplots(2, 5, figsize=(20, 6), sharex="col",
+                                gridspec_kw={"height_ratios": [3, 1]})
+    for k in range(5):
+        values = np.concatenate([generated["channels"][:, k], reference["channels"][:, k]])
+        bins = np.linspace(0, np.quantile(values, 0.995) + 1, 40)
+        ref_counts, _ = np.histogram(reference["channels"][:, k], bins)
+        gen_counts, _ = np.histogram(generated["channels"][:, k], bins)
+        gen_counts = gen_counts * len(reference["channels"]) / len(generated["channels"])
+        axes[0, k].stairs(ref_counts, bins, label="Monte Carlo")
+        axes[0, k].stairs(gen_counts, bins, label="generated")
+        axes[0, k].set_yscale("log")
+        axes[0, k].set_title(f"channel {k + 1}: WS {report['headline']['ws_channels'][k]:.2f}")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            axes[1, k].stairs(gen_counts / ref_counts, bins)
+        axes[1, k].axhline(1.0, color="grey", lw=0.8)
+        axes[1, k].set_ylim(0, 2)
+        axes[1, k].set_xlabel("photons")
+    axes[0, 0].legend()
+    axes[1, 0].set_ylabel("generated / MC")
+    save(figure, "channels.png")
+
+    figure, axes = plt.subplots(1, 2, figsize=(8, 4))
+    for axis, (title, images) in zip(axes, (("Monte Carlo", reference["images"]),
+                                            ("generated", generated["images"]))):
+        shown = axis.imshow(np.asarray(images, float).mean(axis=0), cmap="viridis")
+        axis.set_title(f"mean image, {title}")
+        figure.colorbar(shown, ax=axis)
+    save(figure, "mean_images.png")
+
+    order = np.argsort(paired["photon_sum"])
+    picks = order[np.linspace(len(order) // 2, len(order) - 1, 5).astype(int)]
+    figure, axes = plt.subplots(2, 5, figsize=(15, 6))
+    for column, row in enumerate(picks):
+        for line, (label, source) in enumerate((("MC", paired), ("generated", generated))):
+            image = np.log1p(np.asarray(source["images"][row], float))
+            axes[line, column].imshow(image, cmap="viridis")
+            axes[line, column].set_title(f"{label}: {source['photon_sum'][row]:.0f} ph",
+                                         fontsize=9)
+            axes[line, column].set_xticks([]), axes[line, column].set_yticks([])
+    figure.suptitle("same conditions, Monte Carlo (top) and generated (bottom); log(1 + photons)")
+    save(figure, "examples.png")
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    response = report["response_vs_energy"]
+    edges = np.array(response["edges_gev"])
+    centres = np.sqrt(edges[1:] * edges[:-1])
+    for label in ("reference", "generated"):
+        values = response[label]
+        axes[0].plot(centres, np.array(values["mean"], float), "o-", label=label)
+        axes[1].plot(centres, np.array(values["resolution"], float), "o-", label=label)
+    for axis, name in zip(axes, ("mean photon sum", "resolution (std / mean)")):
+        axis.set_xscale("log"), axis.set_xlabel("energy [GeV]"), axis.set_ylabel(name)
+        axis.legend()
+    save(figure, "response_energy.png")
+    return names
+
+
+def channel_overlay_figure(reference_NC: np.ndarray, generated: dict[str, np.ndarray]):
+    """Channel-sum histograms (photons) of several models against the Monte Carlo: one panel
+    per channel; ``generated`` maps a model name to its (N, 5) channel sums."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 5, figsize=(20, 4))
+    for channel, axis in enumerate(axes):
+        top = max(np.percentile(reference_NC[:, channel], 99.5), 1.0)
+        bins = np.linspace(0, top, 40)
+        axis.hist(reference_NC[:, channel], bins=bins, histtype="stepfilled", color="0.8",
+                  label="Monte Carlo")
+        for name, channels_NC in generated.items():
+            axis.hist(channels_NC[:, channel], bins=bins, histtype="step", label=name)
+        axis.set_yscale("log")
+        axis.set_xlabel(f"channel {channel + 1} sum [photons]")
+    axes[0].set_ylabel("events")
+    axes[-1].legend(fontsize=8)
+    figure.suptitle("Channel sums on the test split: every model against the Monte Carlo")
+    figure.tight_layout()
+    return figure
+
+
+def expert_figure(result: dict):
+    """Per-expert analysis: energy, Monte Carlo photon sum, species and intensity group of the
+    events each expert receives, and utilisation over training."""
+    plt = _pyplot()
+    analysis = result["analysis"]
+    expert = np.array(analysis["expert_of_event"])
+    energy, photon_sum = np.array(analysis["energy"]), np.array(analysis["photon_sum"])
+    pdg = np.array(analysis["pdg"])
+    n_experts = result["n_experts"]
+    figure, axes = plt.subplots(1, 5, figsize=(24, 4.2))
+    energy_bins = np.geomspace(max(energy.min(), 1.0), energy.max() * 1.01, 30)
+    sum_bins = np.geomspace(1, max(photon_sum.max(), 2) * 1.01, 30)
+    for e in range(n_experts):
+        mask = expert == e
+        axes[0].hist(energy[mask], bins=energy_bins, histtype="step", label=f"expert {e}")
+        axes[1].hist(photon_sum[mask], bins=sum_bins, histtype="step", label=f"expert {e}")
+    for axis, label in ((axes[0], "energy [GeV]"), (axes[1], "Monte Carlo photon sum")):
+        axis.set_xscale("log")
+        axis.set_xlabel(label)
+        axis.set_ylabel("events")
+        axis.legend(fontsize=8)
+    species = analysis["species"]
+    width = 0.8 / max(len(species), 1)
+    for k, s in enumerate(species):
+        fractions = [((expert == e) & (pdg == s)).sum() / max((expert == e).sum(), 1)
+                     for e in range(n_experts)]
+        axes[2].bar(np.arange(n_experts) + k * width, fractions, width, label=f"PDG {s}")
+    axes[2].set_xticks(np.arange(n_experts) + 0.4 - width / 2,
+                       [f"expert {e}" for e in range(n_experts)])
+    axes[2].set_ylabel("fraction of the expert's events")
+    axes[2].legend(fontsize=7)
+    counts = np.array([entry.get("group_counts", [0, 0, 0]) for entry in analysis["experts"]])
+    axes[3].imshow(counts / np.maximum(counts.sum(axis=1, keepdims=True), 1), cmap="viridis",
+                   vmin=0, vmax=1)
+    for (i, j), value in np.ndenumerate(counts):
+        axes[3].text(j, i, str(value), ha="center", va="center", color="w")
+    axes[3].set_xticks(range(3), ["low", "medium", "high"])
+    axes[3].set_yticks(range(n_experts), [f"expert {e}" for e in range(n_experts)])
+    axes[3].set_xlabel("intensity group of the MC response")
+    axes[3].set_title(f"agreement {analysis['group_agreement']:.2f}")
+    for e in range(n_experts):
+        steps = [u["step"] for u in result["utilisation"] if f"expert_fraction_{e}" in u]
+        values = [u[f"expert_fraction_{e}"] for u in result["utilisation"]
+                  if f"expert_fraction_{e}" in u]
+        axes[4].plot(steps, values, label=f"expert {e}")
+    axes[4].set_xlabel("training step")
+    axes[4].set_ylabel("fraction of the batch routed")
+    axes[4].legend(fontsize=8)
+    figure.suptitle(f"{result['name']} (seed {result['seed']}): what each expert receives, "
+                    "test split")
+    figure.tight_layout()
+    return figure

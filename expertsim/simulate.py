@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 from scipy.special import gammainc
 
-from expertsim.detector import Detector, get_detector
+from expertsim.detector import DETECTORS, Detector, get_detector
 from expertsim.errors import ConfigError
 
 # Species table: name, PDG id, mass [MeV/c^2], charge [e], shower type, baryon.
@@ -113,6 +113,9 @@ class SimulationParameters:
     })
 
     def __post_init__(self) -> None:
+        if set(self.detectors) != set(DETECTORS):
+            raise ConfigError(f"detectors needs the physics of exactly {sorted(DETECTORS)}, "
+                              f"got {sorted(self.detectors)}")
         if len(self.species_fractions) != len(SPECIES):
             raise ConfigError(f"species_fractions needs {len(SPECIES)} numbers "
                               f"({', '.join(s[0] for s in SPECIES)})")

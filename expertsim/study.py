@@ -21,12 +21,12 @@ noise is seeded, so a rerun reproduces every number except the measured sampling
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import shutil
-import signal
 import statistics
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +36,8 @@ import numpy as np
 
 from expertsim import __version__
 from expertsim.errors import ConfigError, ExpertSimError
-from expertsim.eventfile import atomic_path, check_event_file, open_event_file
+from expertsim.eventfile import EventFile, check_event_file
+from expertsim.fileio import write_text
 
 RESULT_FILE = "result.json"
 
@@ -132,17 +133,14 @@ def run_study(data: str | os.PathLike, configs: list[str | os.PathLike], output_
         result = _train_and_validate(run, data, output_dir, overrides or [], generations,
                                      tracking_uri, progress_factory, stop_signals)
         result["wall_seconds"] = time.perf_counter() - started
-        with atomic_path(result_path) as temporary:
-            temporary.write_text(json.dumps(result, indent=2))
+        write_text(result_path, json.dumps(result, indent=2))
         log(f"    channel-WS {result['headline']['ws_mean']:.3f} +- "
             f"{result['headline']['ws_mean_std']:.3f}, AUC {result['classifier_auc']:.3f} "
             f"({result['wall_seconds']:.0f} s)")
         results.append(result)
     study = summarise(results, data, output_dir, tracking_uri)
-    with atomic_path(output_dir / "study.json") as temporary:
-        temporary.write_text(json.dumps(study, indent=2))
-    with atomic_path(output_dir / "table.md") as temporary:
-        temporary.write_text(markdown_table(study))
+    write_text(output_dir / "study.json", json.dumps(study, indent=2))
+    write_text(output_dir / "table.md", markdown_table(study))
     write_study_plots(results, output_dir)
     return study
 
@@ -159,43 +157,24 @@ def _reference_for(data: Path, output_dir: Path, min_photon_sum: float | None) -
 def _train_and_validate(run: StudyRun, data: Path, output_dir: Path, overrides: list[str],
                         generations: int, tracking_uri: str, progress_factory,
                         stop_signals: tuple[int, ...]) -> dict[str, Any]:
-    from expertsim.checkpoint import load_mixture
     from expertsim.config import load_config
-    from expertsim.tracking import make_tracker
-    from expertsim.trainer import Trainer
+    from expertsim.runner import train_run
+    from expertsim.tracking import log_to_run
+    from expertsim.trained_model import TrainedModel
     from expertsim.validation import validate_model
 
     config = load_config(run.config_path, [
         *overrides, f"data.path={data}", "data.simulate=null", f"train.seed={run.seed}",
         f"train.output_dir={run.directory}"])
-    tracker = make_tracker(config.tracking.enabled, tracking_uri, "expertsim-study",
-                           f"{run.name}-seed{run.seed}")
-    last = run.directory / "checkpoint_last.pt"
-    if run.directory.exists() and not last.exists():
+    config = dataclasses.replace(config, tracking=dataclasses.replace(
+        config.tracking, uri=tracking_uri, experiment="expertsim-study",
+        run_name=f"{run.name}-seed{run.seed}"))
+    if run.directory.exists() and not (run.directory / "checkpoint_last.pt").exists():
         shutil.rmtree(run.directory)  # a run killed before its first checkpoint: start clean
-    trainer = Trainer(config, tracker=tracker)
-    if last.exists():
-        trainer.resume_from(last)
-    total = config.train.max_steps or config.train.epochs * len(trainer.loader)
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        previous = {signum: signal.signal(signum, lambda *_: trainer.request_stop())
-                    for signum in stop_signals}
-    try:
-        if progress_factory is None:
-            fit = trainer.fit()
-        else:
-            with progress_factory(total, f"{run.name} s{run.seed}") as bar:
-                bar.update(trainer.step)
-                fit = trainer.fit(progress=lambda _: bar.update(1))
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    progress = None if progress_factory is None else _progress(
+        progress_factory, f"{run.name} s{run.seed}")
+    fit = train_run(config, progress=progress, stop_signals=stop_signals, log=lambda _: None)
     if fit.status == "preempted":
-        tracker.finish("KILLED")
         raise StudyStopped(f"{run.name} seed {run.seed} stopped at step {fit.step} by a "
                            f"signal, checkpoint saved; run the same study command again")
     reference = _reference_for(data, output_dir, config.data.min_photon_sum)
@@ -203,17 +182,17 @@ def _train_and_validate(run: StudyRun, data: Path, output_dir: Path, overrides: 
     report = validate_model(model_path, data, run.directory / "report",
                             generations=generations, seed=0, selected_reference=reference,
                             plots=False)
-    tracker.log_metrics({"study/ws_mean": report["headline"]["ws_mean"],
-                         "study/classifier_auc": report["classifier_auc"]}, step=fit.step)
-    tracker.finish("FINISHED")
-    mixture, _ = load_mixture(model_path)
+    if fit.run_id and config.tracking.enabled:
+        log_to_run(tracking_uri, fit.run_id, {"study/ws_mean": report["headline"]["ws_mean"],
+                                              "study/classifier_auc": report["classifier_auc"]},
+                   step=fit.step)
     return {
         "name": run.name, "config_path": str(run.config_path), "seed": run.seed,
         "config": config.to_dict(),
         "run_id": fit.run_id, "tracking_uri": tracking_uri, "version": __version__,
         "steps": fit.step, "best_val_ws": fit.best_ws,
         "n_experts": config.model.n_experts,
-        "parameters": sum(p.numel() for p in mixture.parameters()),
+        "parameters": TrainedModel.load(model_path).n_parameters,
         "sample_events_per_s": sampling_speed(model_path, reference),
         "headline": report["headline"], "classifier_auc": report["classifier_auc"],
         "floor": report["floor"], "per_expert": report["per_expert"],
@@ -226,27 +205,32 @@ def _train_and_validate(run: StudyRun, data: Path, output_dir: Path, overrides: 
     }
 
 
+def _progress(factory: Callable[[int, str], Any], description: str):
+    """The study's progress factory as train_run wants it: (total, steps done) -> bar."""
+    @contextlib.contextmanager
+    def progress(total: int, done: int):
+        with factory(total, description) as bar:
+            bar.update(done)
+            yield bar
+    return progress
+
+
 def sampling_speed(model_path: Path, reference: Path, n_events: int = SPEED_EVENTS) -> float:
     """Events per second of the sampler's path (generate + Poisson counts) on the reference's
     conditions, batch 256, median of 3 after a warm-up."""
     import torch
 
-    from expertsim.checkpoint import load_mixture
-    from expertsim.sampling import poisson_counts
+    from expertsim.trained_model import TrainedModel
 
-    mixture, payload = load_mixture(model_path)
-    with open_event_file(reference) as handle:
-        raw = handle["conditions"][:n_events].astype(np.float64)
-    mean, scale = payload["scaler"]["mean"].numpy(), payload["scaler"]["scale"].numpy()
-    c = torch.from_numpy(((raw - mean) / scale).astype(np.float32))
-    z = torch.randn(len(c), payload["config"]["model"]["noise_dim"],
-                    generator=torch.Generator().manual_seed(0))
+    model = TrainedModel.load(model_path)
+    with EventFile(reference) as events:
+        c = model.scale(events.conditions(slice(0, n_events)))
+    z = model.noise(len(c), torch.Generator().manual_seed(0))
 
     def once() -> float:
         start = time.perf_counter()
         for i in range(0, len(c), 256):
-            image, _ = mixture.generate(z[i:i + 256], c[i:i + 256])
-            poisson_counts(torch.expm1(image).numpy(), 0, i)
+            model.sample_counts(z[i:i + 256], c[i:i + 256], seed=0, first_row=i)
         return time.perf_counter() - start
 
     once()
@@ -256,14 +240,18 @@ def sampling_speed(model_path: Path, reference: Path, n_events: int = SPEED_EVEN
 def expert_analysis(generated: Path, reference: Path, n_experts: int) -> dict[str, Any]:
     """Which conditions each expert receives: energy, species, Monte Carlo photon sum and
     intensity group of the reference event of each generated row."""
-    with open_event_file(generated) as handle:
-        expert = handle["expert"][:].astype(int)
-        rows = handle["source_row"][:]
-    with open_event_file(reference) as handle:
-        energy = handle["conditions"][:, 0][rows]
-        photon_sum = handle["derived/photon_sum"][:][rows]
-        group = handle["derived/group"][:][rows].astype(int)
-        pdg = handle["pdg"][:][rows] if "pdg" in handle else np.zeros(len(rows), dtype=int)
+    from expertsim.metrics import routing_agreement
+
+    with EventFile(generated) as events:
+        expert = events.extra("expert").astype(int)
+        rows = events.extra("source_row")
+    with EventFile(reference) as events:
+        energy = events.conditions(rows)[:, 0]
+        photon_sum = events.derived("photon_sum", rows)
+        group = events.derived("group", rows).astype(int)
+        pdg = events.pdg(rows)
+    if pdg is None:
+        pdg = np.zeros(len(rows), dtype=int)
     species = sorted(int(p) for p in np.unique(pdg))
     out: dict[str, Any] = {"species": species, "experts": []}
     for e in range(n_experts):
@@ -277,8 +265,6 @@ def expert_analysis(generated: Path, reference: Path, n_experts: int) -> dict[st
             entry["species_fraction"] = {str(s): float((pdg[mask] == s).mean()) for s in species}
             entry["group_counts"] = np.bincount(group[mask], minlength=3).tolist()
         out["experts"].append(entry)
-    from expertsim.trainer import routing_agreement
-
     out["group_agreement"] = routing_agreement(expert, group, n_experts)
     out["energy"], out["photon_sum"] = energy.tolist(), photon_sum.tolist()
     out["expert_of_event"], out["pdg"] = expert.tolist(), pdg.tolist()
@@ -316,8 +302,7 @@ def summarise(results: list[dict], data: Path, output_dir: Path, tracking_uri: s
 def _count(results: list[dict]) -> int | None:
     if not results:
         return None
-    with open_event_file(results[0]["reference"]) as handle:
-        return int(handle["images"].shape[0])
+    return check_event_file(results[0]["reference"]).n_events
 
 
 def markdown_table(study: dict[str, Any]) -> str:
@@ -343,103 +328,24 @@ def markdown_table(study: dict[str, Any]) -> str:
 
 def write_study_plots(results: list[dict], output_dir: Path) -> list[Path]:
     """channels_overlay.png and experts_<name>.png (lowest seed of each config)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from expertsim.validation import _read
+    from expertsim.plots import channel_overlay_figure, expert_figure, save_figure
 
     first = {}
     for result in sorted(results, key=lambda r: r["seed"]):
         first.setdefault(result["name"], result)
     if not first:
         return []
-    reference = _read(Path(next(iter(first.values()))["reference"]))
-    figure, axes = plt.subplots(1, 5, figsize=(20, 4))
-    for channel, axis in enumerate(axes):
-        top = max(np.percentile(reference["channels"][:, channel], 99.5), 1.0)
-        bins = np.linspace(0, top, 40)
-        axis.hist(reference["channels"][:, channel], bins=bins, histtype="stepfilled",
-                  color="0.8", label="Monte Carlo")
-        for name, result in first.items():
-            generated = _read(output_dir / "runs" / name / f"seed{result['seed']}" / "report"
-                              / "generated_0.h5")
-            axis.hist(generated["channels"][:, channel], bins=bins, histtype="step",
-                      label=name)
-        axis.set_yscale("log")
-        axis.set_xlabel(f"channel {channel + 1} sum [photons]")
-    axes[0].set_ylabel("events")
-    axes[-1].legend(fontsize=8)
-    figure.suptitle("Channel sums on the test split: every model against the Monte Carlo")
-    figure.tight_layout()
-    paths = [output_dir / "channels_overlay.png"]
-    _save(figure, paths[0])
+
+    def channels(path: Path) -> np.ndarray:
+        with EventFile(path) as events:
+            return events.derived("channels")
+
+    reference = channels(Path(next(iter(first.values()))["reference"]))
+    generated = {name: channels(output_dir / "runs" / name / f"seed{result['seed']}" / "report"
+                                / "generated_0.h5") for name, result in first.items()}
+    paths = [save_figure(channel_overlay_figure(reference, generated),
+                         output_dir / "channels_overlay.png")]
     for name, result in first.items():
         if result["n_experts"] > 1:
-            paths.append(output_dir / f"experts_{name}.png")
-            _save(expert_figure(result), paths[-1])
+            paths.append(save_figure(expert_figure(result), output_dir / f"experts_{name}.png"))
     return paths
-
-
-def _save(figure, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=90)
-    plt.close(figure)
-
-
-def expert_figure(result: dict):
-    """Per-expert analysis: energy, Monte Carlo photon sum, species and intensity group of the
-    events each expert receives, and utilisation over training."""
-    import matplotlib.pyplot as plt
-
-    analysis = result["analysis"]
-    expert = np.array(analysis["expert_of_event"])
-    energy, photon_sum = np.array(analysis["energy"]), np.array(analysis["photon_sum"])
-    pdg = np.array(analysis["pdg"])
-    n_experts = result["n_experts"]
-    figure, axes = plt.subplots(1, 5, figsize=(24, 4.2))
-    energy_bins = np.geomspace(max(energy.min(), 1.0), energy.max() * 1.01, 30)
-    sum_bins = np.geomspace(1, max(photon_sum.max(), 2) * 1.01, 30)
-    for e in range(n_experts):
-        mask = expert == e
-        axes[0].hist(energy[mask], bins=energy_bins, histtype="step", label=f"expert {e}")
-        axes[1].hist(photon_sum[mask], bins=sum_bins, histtype="step", label=f"expert {e}")
-    for axis, label in ((axes[0], "energy [GeV]"), (axes[1], "Monte Carlo photon sum")):
-        axis.set_xscale("log")
-        axis.set_xlabel(label)
-        axis.set_ylabel("events")
-        axis.legend(fontsize=8)
-    species = analysis["species"]
-    width = 0.8 / max(len(species), 1)
-    for k, s in enumerate(species):
-        fractions = [((expert == e) & (pdg == s)).sum() / max((expert == e).sum(), 1)
-                     for e in range(n_experts)]
-        axes[2].bar(np.arange(n_experts) + k * width, fractions, width, label=f"PDG {s}")
-    axes[2].set_xticks(np.arange(n_experts) + 0.4 - width / 2,
-                       [f"expert {e}" for e in range(n_experts)])
-    axes[2].set_ylabel("fraction of the expert's events")
-    axes[2].legend(fontsize=7)
-    counts = np.array([entry.get("group_counts", [0, 0, 0]) for entry in analysis["experts"]])
-    axes[3].imshow(counts / np.maximum(counts.sum(axis=1, keepdims=True), 1), cmap="viridis",
-                   vmin=0, vmax=1)
-    for (i, j), value in np.ndenumerate(counts):
-        axes[3].text(j, i, str(value), ha="center", va="center", color="w")
-    axes[3].set_xticks(range(3), ["low", "medium", "high"])
-    axes[3].set_yticks(range(n_experts), [f"expert {e}" for e in range(n_experts)])
-    axes[3].set_xlabel("intensity group of the MC response")
-    axes[3].set_title(f"agreement {analysis['group_agreement']:.2f}")
-    for e in range(n_experts):
-        steps = [u["step"] for u in result["utilisation"] if f"expert_fraction_{e}" in u]
-        values = [u[f"expert_fraction_{e}"] for u in result["utilisation"]
-                  if f"expert_fraction_{e}" in u]
-        axes[4].plot(steps, values, label=f"expert {e}")
-    axes[4].set_xlabel("training step")
-    axes[4].set_ylabel("fraction of the batch routed")
-    axes[4].legend(fontsize=8)
-    figure.suptitle(f"{result['name']} (seed {result['seed']}): what each expert receives, "
-                    "test split")
-    figure.tight_layout()
-    return figure

@@ -77,3 +77,17 @@ def make_tracker(enabled: bool, uri: str, experiment: str, run_name: str | None,
     if not enabled or rank != 0:
         return NullTracker()
     return MlflowTracker(os.environ.get("MLFLOW_TRACKING_URI", uri), experiment, run_name)
+
+
+def log_to_run(uri: str, run_id: str, metrics: dict[str, float], *, step: int = 0,
+               artifacts: tuple[str | os.PathLike, ...] = ()) -> None:
+    """Add metrics (and artifact files) to an existing MLflow run, e.g. a validation made
+    after training; ``MLFLOW_TRACKING_URI``, when set, replaces ``uri``."""
+    tracker = make_tracker(True, uri, "expertsim", None)
+    tracker.start({}, run_id=run_id)
+    try:
+        tracker.log_metrics(metrics, step=step)
+        for path in artifacts:
+            tracker.log_artifact(path)
+    finally:
+        tracker.finish()

@@ -21,34 +21,50 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 
-from expertsim.checkpoint import load_checkpoint, save_checkpoint, save_model_file
+from expertsim.checkpoint import load_checkpoint, save_checkpoint
 from expertsim.config import ExperimentConfig, config_from_dict
 from expertsim.detector import channel_sums
+from expertsim.devices import select_device
 from expertsim.distributed import (DistributedContext, all_reduce_sum, global_sum,
                                    sum_gradients)
 from expertsim.errors import CheckpointError, ConfigError
-from expertsim.eventfile import SPLIT_NAMES, open_event_file
+from expertsim.eventfile import EventFile
 from expertsim.loader import Batch, EventLoader
-from expertsim.metrics import channel_wasserstein
-from expertsim.models import (AuxRegressor, ExpertDiscriminator, ExpertGenerator,
-                              MixtureOfExperts, Router, gumbel_route)
+from expertsim.metrics import N_GROUPS, channel_wasserstein, routing_agreement
+from expertsim.models import AuxRegressor, ExpertDiscriminator, MixtureOfExperts, gumbel_route
 from expertsim.models import losses
 from expertsim.optim import ExpertAdam
 from expertsim.provenance import make_provenance
-from expertsim.sampling import poisson_counts
 from expertsim.tracking import NullTracker
+from expertsim.trained_model import TrainedModel, build_mixture
 
-N_GROUPS = 3
+
+@dataclass
+class DeviceBatch:
+    """One batch on the training device (float32 unless noted)."""
+
+    x_BHW: torch.Tensor  # log(1 + photons)
+    c_BK: torch.Tensor  # scaled conditions
+    position_B2: torch.Tensor  # brightest fibre, (row / (H-1), column / (W-1))
+    valid_B: torch.Tensor  # 1 for a non-empty image
+    spread_B: torch.Tensor  # per-condition photon-sum spread / its train mean (1 where unknown)
+    group_B: torch.Tensor  # int64 intensity group
 
 
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} but CUDA is not available here; use auto or cpu")
-    return torch.device(name)
+@dataclass
+class Routing:
+    """How this step's events are routed, with the noise they are generated from."""
+
+    z1_BZ: torch.Tensor
+    z2_BZ: torch.Tensor  # second noise draw (SDI diversity)
+    logits_BE: torch.Tensor
+    gates_BE: torch.Tensor  # straight-through one-hot gates (carry the router gradient)
+    probs_BE: torch.Tensor  # softmax of the logits
+    mask_BE: torch.Tensor  # gates, detached
+    expert_B: torch.Tensor  # int64
+    count_E: torch.Tensor  # events per expert over all ranks
+    scale_E: torch.Tensor  # per-expert learning-rate scale
 
 
 @dataclass
@@ -111,6 +127,28 @@ class FitResult:
     output_dir: Path
     run_id: str | None
     history: list[dict[str, float]] = field(default_factory=list)
+    untrained_ws: float | None = None  # validation channel-WS before the first step
+    mean_image_ws: float | None = None  # the same for the train mean image (trivial baseline)
+    rank: int = 0  # torch.distributed rank of the process that returned it
+
+
+@dataclass
+class LogWindow:
+    """Training scalars summed over the steps since the last log line."""
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    n_steps: int = 0
+
+    def add(self, scalars: dict[str, torch.Tensor]) -> None:
+        for key, value in scalars.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.n_steps += 1
+
+    def flush(self) -> dict[str, float]:
+        """Means over the window (host numbers); the window starts afresh."""
+        means = {f"train/{k}": float(v) / self.n_steps for k, v in self.sums.items()}
+        self.sums, self.n_steps = {}, 0
+        return means
 
 
 class Trainer:
@@ -154,10 +192,9 @@ class Trainer:
 
         model, n_experts = config.model, config.model.n_experts
         self.n_experts = n_experts
-        self.router = Router(n_experts, model.router_hidden).to(self.device)
-        self.generator = ExpertGenerator(n_experts, self.image_shape, model.noise_dim,
-                                         model.generator_channels,
-                                         model.dispatch).to(self.device)
+        mixture = build_mixture(model, self.image_shape)
+        self.router = mixture.router.to(self.device)
+        self.generator = mixture.generator.to(self.device)
         self.discriminator = ExpertDiscriminator(
             n_experts, self.image_shape, model.discriminator_channels,
             model.discriminator_features, model.dispatch).to(self.device)
@@ -185,36 +222,29 @@ class Trainer:
 
     def _load_validation(self) -> None:
         data = self.config.data
-        with open_event_file(data.path) as handle:
-            keep = handle["split"][:] == SPLIT_NAMES["val"]
-            photon_sum = handle["derived/photon_sum"][:]
-            if data.min_photon_sum is not None:
-                keep &= photon_sum >= data.min_photon_sum
-            if data.max_photon_sum is not None:
-                keep &= photon_sum <= data.max_photon_sum
-            index = np.flatnonzero(keep)[:data.val_max_events]
+        with EventFile(data.path) as events:
+            index = events.rows("val", data.min_photon_sum,
+                                data.max_photon_sum)[:data.val_max_events]
             if len(index) == 0:
                 raise ConfigError(f"{data.path}: the validation split is empty after filters")
-            conditions = handle["conditions"][index].astype(np.float64)
-            self.val_channels = handle["derived/channels"][index].astype(np.float64)
-            self.val_group = handle["derived/group"][index]
-        mean, scale = self.loader.mean_9, self.loader.scale_9
-        self.val_conditions = torch.from_numpy(((conditions - mean) / scale).astype(np.float32))
+            conditions = events.conditions(index)
+            self.val_channels = events.derived("channels", index).astype(np.float64)
+            self.val_group = events.derived("group", index)
+        self.val_conditions = torch.from_numpy(self.loader.scaler.transform(conditions))
         train_channels = self.loader.column("channels").astype(np.float64)
         mean_image_channels = np.broadcast_to(train_channels.mean(0), self.val_channels.shape)
         self.mean_image_ws = float(channel_wasserstein(mean_image_channels,
                                                        self.val_channels).mean())
 
-    def _to_device(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def _to_device(self, batch: Batch) -> DeviceBatch:
         rows, cols = self.image_shape
         position = batch.brightest.astype(np.float32) / np.array([rows - 1, cols - 1], np.float32)
         spread = batch.spread / self.spread_mean
         spread = np.where(np.isfinite(spread), spread, 1.0).astype(np.float32)
-        arrays = {"x": batch.images, "c": batch.conditions, "position": position,
-                  "valid": (batch.photon_sum > 0).astype(np.float32), "spread": spread,
-                  "group": batch.group.astype(np.int64)}
-        return {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device, non_blocking=True)
-                for k, v in arrays.items()}
+        arrays = (batch.images, batch.conditions, position,
+                  (batch.photon_sum > 0).astype(np.float32), spread, batch.group.astype(np.int64))
+        return DeviceBatch(*(torch.from_numpy(np.ascontiguousarray(v)).to(
+            self.device, non_blocking=True) for v in arrays))
 
     def _noise(self, local_batch: int) -> tuple[torch.Tensor, ...]:
         """z1, z2 (B, Z) and Gumbel noise (B, E) for this rank's slice of the global batch.
@@ -239,40 +269,44 @@ class Trainer:
     # ------------------------------------------------------------------ steps
 
     def train_step(self, batch: Batch) -> StepResult:
-        tensors = self._to_device(batch)
-        z1, z2, gumbel = self._noise(len(batch))
-        logits_BE = self.router(tensors["c"])
-        gates_BE, probs_BE = gumbel_route(logits_BE, gumbel, self.temperature)
+        events = self._to_device(batch)
+        routing = self._route(events, len(batch))
+        discriminator = self.discriminator_step(events, routing)
+        aux_loss = self.aux_step(events)
+        generator = self.generator_step(events, routing)
+        if self.step < self.config.train.router_warm_start_steps:
+            router = self.router_warm_start_step(routing.logits_BE, events.group_B)
+        else:
+            router = self.router_step(routing, generator)
+        return StepResult(discriminator, generator, router, aux_loss, routing.count_E)
+
+    def _route(self, events: DeviceBatch, local_batch: int) -> Routing:
+        z1_BZ, z2_BZ, gumbel_BE = self._noise(local_batch)
+        logits_BE = self.router(events.c_BK)
+        gates_BE, probs_BE = gumbel_route(logits_BE, gumbel_BE, self.temperature)
         mask_BE = gates_BE.detach()
-        expert_B = mask_BE.argmax(dim=1)
         count_E = all_reduce_sum(mask_BE.sum(dim=0), self.context)
         fraction_E = count_E / count_E.sum()
         scale_E = (fraction_E if self.config.optim.scale_lr_by_routed_fraction
                    else torch.ones_like(fraction_E))
+        return Routing(z1_BZ, z2_BZ, logits_BE, gates_BE, probs_BE, mask_BE,
+                       mask_BE.argmax(dim=1), count_E, scale_E)
 
-        discriminator = self.discriminator_step(tensors, z1, expert_B, mask_BE, count_E, scale_E)
-        aux_loss = self.aux_step(tensors)
-        generator = self.generator_step(tensors, z1, z2, expert_B, mask_BE, count_E, scale_E)
-        if self.step < self.config.train.router_warm_start_steps:
-            router = self.router_warm_start_step(logits_BE, tensors["group"])
-        else:
-            router = self.router_step(gates_BE, probs_BE, mask_BE, generator)
-        return StepResult(discriminator, generator, router, aux_loss, count_E)
-
-    def discriminator_step(self, t: dict, z1_BZ: torch.Tensor, expert_B: torch.Tensor,
-                           mask_BE: torch.Tensor, count_E: torch.Tensor, scale_E: torch.Tensor
-                           ) -> DiscriminatorStep:
+    def discriminator_step(self, events: DeviceBatch, routing: Routing) -> DiscriminatorStep:
+        c_BK, expert_B = events.c_BK, routing.expert_B
+        mask_BE, count_E = routing.mask_BE, routing.count_E
         with torch.no_grad(), self._autocast():
-            fake_BHW = self.generator(z1_BZ, t["c"], expert_B)
+            fake_BHW = self.generator(routing.z1_BZ, c_BK, expert_B)
         with self._autocast():
-            real_logits_B, _ = self.discriminator(t["x"], t["c"], expert_B)
-            fake_logits_B, _ = self.discriminator(fake_BHW.to(t["x"].dtype), t["c"], expert_B)
+            real_logits_B, _ = self.discriminator(events.x_BHW, c_BK, expert_B)
+            fake_logits_B, _ = self.discriminator(fake_BHW.to(events.x_BHW.dtype), c_BK,
+                                                  expert_B)
         loss_B = losses.discriminator_adversarial(real_logits_B.float(), fake_logits_B.float())
         loss = losses.routed_mean(loss_B, mask_BE, count_E)
         self.opt_discriminator.zero_grad(set_to_none=False)
         loss.backward()
         sum_gradients(self.discriminator.parameters(), self.context)
-        self.opt_discriminator.set_expert_scale(scale_E)
+        self.opt_discriminator.set_expert_scale(routing.scale_E)
         self.opt_discriminator.step()
         with torch.no_grad():
             real_score = losses.routed_mean(torch.sigmoid(real_logits_B.float()), mask_BE, count_E)
@@ -280,63 +314,68 @@ class Trainer:
         n_used = (count_E > 0).sum().clamp(min=1)
         return DiscriminatorStep(loss.detach(), real_score / n_used, fake_score / n_used)
 
-    def aux_step(self, t: dict) -> torch.Tensor:
+    def aux_step(self, events: DeviceBatch) -> torch.Tensor:
         """Fit the brightest-fibre regressor on real, non-empty images."""
         with self._autocast():
-            predicted_B2 = self.aux(t["x"]).float()
-        n_valid = all_reduce_sum(t["valid"].sum(), self.context).clamp(min=1)
-        loss = (((predicted_B2 - t["position"]) ** 2).mean(dim=1) * t["valid"]).sum() / n_valid
+            predicted_B2 = self.aux(events.x_BHW).float()
+        n_valid = all_reduce_sum(events.valid_B.sum(), self.context).clamp(min=1)
+        loss = ((((predicted_B2 - events.position_B2) ** 2).mean(dim=1) * events.valid_B).sum()
+                / n_valid)
         self.opt_aux.zero_grad(set_to_none=False)
         loss.backward()
         sum_gradients(self.aux.parameters(), self.context)
         self.opt_aux.step()
         return loss.detach()
 
-    def generator_step(self, t: dict, z1_BZ: torch.Tensor, z2_BZ: torch.Tensor,
-                       expert_B: torch.Tensor, mask_BE: torch.Tensor, count_E: torch.Tensor,
-                       scale_E: torch.Tensor) -> GeneratorStep:
-        weights, c_BK = self.config.loss, t["c"]
+    def generator_step(self, events: DeviceBatch, routing: Routing) -> GeneratorStep:
         self.discriminator.requires_grad_(False)
         self.aux.requires_grad_(False)
         try:
-            with self._autocast():
-                fake_BHW = self.generator(z1_BZ, c_BK, expert_B)
-                logits_B, features_BF = self.discriminator(fake_BHW, c_BK, expert_B)
-            zero_B = torch.zeros(z1_BZ.shape[0], device=self.device)
-            adversarial_B = losses.generator_adversarial(logits_B.float())
-            diversity_B = intensity_B = auxiliary_B = zero_B
-            if weights.diversity > 0:
-                with self._autocast():
-                    fake2_BHW = self.generator(z2_BZ, c_BK, expert_B)
-                    _, features2_BF = self.discriminator(fake2_BHW, c_BK, expert_B)
-                diversity_B = losses.sdi_diversity(features_BF.float(), features2_BF.float(),
-                                                   z1_BZ, z2_BZ, t["spread"])
-            if weights.intensity > 0:
-                intensity_B = losses.intensity(fake_BHW, t["x"])
-            if weights.auxiliary > 0:
-                with self._autocast():
-                    predicted_B2 = self.aux(fake_BHW)
-                auxiliary_B = losses.auxiliary(predicted_B2.float(), t["position"], t["valid"])
-            total_B = (weights.adversarial * adversarial_B + weights.diversity * diversity_B
-                       + weights.intensity * intensity_B + weights.auxiliary * auxiliary_B)
-            loss = losses.routed_mean(total_B, mask_BE, count_E)
+            fake_BHW, features_BF, terms_B = self._generator_terms(events, routing)
+            weights = self.config.loss
+            total_B = (weights.adversarial * terms_B[0] + weights.diversity * terms_B[1]
+                       + weights.intensity * terms_B[2] + weights.auxiliary * terms_B[3])
+            loss = losses.routed_mean(total_B, routing.mask_BE, routing.count_E)
             self.opt_generator.zero_grad(set_to_none=False)
             loss.backward()
         finally:
             self.discriminator.requires_grad_(True)
             self.aux.requires_grad_(True)
         sum_gradients(self.generator.parameters(), self.context)
-        self.opt_generator.set_expert_scale(scale_E)
+        self.opt_generator.set_expert_scale(routing.scale_E)
         self.opt_generator.step()
         with torch.no_grad():
-            parts = [losses.routed_mean(term, mask_BE, count_E) for term in
-                     (adversarial_B, diversity_B, intensity_B, auxiliary_B)]
-        return GeneratorStep(loss.detach(), *parts, adversarial_B.detach(), features_BF.detach())
+            parts = [losses.routed_mean(term_B, routing.mask_BE, routing.count_E)
+                     for term_B in terms_B]
+        return GeneratorStep(loss.detach(), *parts, terms_B[0].detach(), features_BF.detach())
 
-    def router_step(self, gates_BE: torch.Tensor, probs_BE: torch.Tensor, mask_BE: torch.Tensor,
-                    generator: GeneratorStep) -> RouterStep:
-        weights = self.config.loss
-        context = self.context
+    def _generator_terms(self, events: DeviceBatch, routing: Routing):
+        """G(z1, c), its discriminator features and the per-event expert loss terms
+        (adversarial, diversity, intensity, auxiliary); a term whose weight is 0 is 0."""
+        weights, c_BK, expert_B = self.config.loss, events.c_BK, routing.expert_B
+        with self._autocast():
+            fake_BHW = self.generator(routing.z1_BZ, c_BK, expert_B)
+            logits_B, features_BF = self.discriminator(fake_BHW, c_BK, expert_B)
+        zero_B = torch.zeros(routing.z1_BZ.shape[0], device=self.device)
+        adversarial_B = losses.generator_adversarial(logits_B.float())
+        diversity_B = intensity_B = auxiliary_B = zero_B
+        if weights.diversity > 0:
+            with self._autocast():
+                fake2_BHW = self.generator(routing.z2_BZ, c_BK, expert_B)
+                _, features2_BF = self.discriminator(fake2_BHW, c_BK, expert_B)
+            diversity_B = losses.sdi_diversity(features_BF.float(), features2_BF.float(),
+                                               routing.z1_BZ, routing.z2_BZ, events.spread_B)
+        if weights.intensity > 0:
+            intensity_B = losses.intensity(fake_BHW, events.x_BHW)
+        if weights.auxiliary > 0:
+            with self._autocast():
+                predicted_B2 = self.aux(fake_BHW)
+            auxiliary_B = losses.auxiliary(predicted_B2.float(), events.position_B2,
+                                           events.valid_B)
+        return fake_BHW, features_BF, (adversarial_B, diversity_B, intensity_B, auxiliary_B)
+
+    def router_step(self, routing: Routing, generator: GeneratorStep) -> RouterStep:
+        weights, context, gates_BE = self.config.loss, self.context, routing.gates_BE
         n_events = all_reduce_sum(torch.tensor(float(gates_BE.shape[0]), device=self.device),
                                   context)
         feedback = global_sum(losses.router_gan_feedback(gates_BE, generator.adversarial_B)
@@ -345,7 +384,7 @@ class Trainer:
         feature_sum_EF = global_sum(gates_BE.T @ generator.features_BF.float(), context)
         differentiation = losses.expert_differentiation(
             feature_sum_EF / gate_sum_E.clamp(min=1e-6).unsqueeze(1))
-        mean_probs_E = global_sum(probs_BE.sum(dim=0), context) / n_events
+        mean_probs_E = global_sum(routing.probs_BE.sum(dim=0), context) / n_events
         entropy = losses.utilisation_entropy(mean_probs_E)
         balance = losses.load_balancing(gate_sum_E.detach() / n_events, mean_probs_E)
         loss = (weights.router_gan * feedback + weights.differentiation * differentiation
@@ -373,25 +412,27 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation
 
-    def mixture(self) -> MixtureOfExperts:
-        return MixtureOfExperts(self.router, self.generator).eval()
+    def trained_model(self) -> TrainedModel:
+        """The live router and generator as a TrainedModel (shares their weights)."""
+        return TrainedModel(MixtureOfExperts(self.router, self.generator),
+                            scaler=self.loader.scaler, detector=self.detector, config=self.config)
 
     @torch.no_grad()
     def validate(self, batch_size: int = 1024) -> dict[str, float]:
         """Channel-WS of one generation per validation condition (fixed noise, Poisson counts
         as the sampler makes them), and routing."""
-        mixture = self.mixture()
+        model = self.trained_model()
+        model.mixture.eval()
         noise = torch.Generator().manual_seed(self.config.train.seed + 7919)
         channels, experts = [], []
         for start in range(0, len(self.val_conditions), batch_size):
             c_BK = self.val_conditions[start:start + batch_size]
-            z_BZ = torch.randn(len(c_BK), self.config.model.noise_dim, generator=noise)
             with self._autocast():
-                image_BHW, expert_B = mixture(z_BZ.to(self.device), c_BK.to(self.device))
-            expected = torch.expm1(image_BHW.float()).cpu().numpy()
-            counts = poisson_counts(expected, self.config.train.seed, start)  # as `sample`
+                counts, expert_B = model.sample_counts(
+                    model.noise(len(c_BK), noise), c_BK, seed=self.config.train.seed,
+                    first_row=start, chunk_size=len(c_BK))
             channels.append(channel_sums(counts))
-            experts.append(expert_B.cpu().numpy())
+            experts.append(expert_B)
         self.router.train(), self.generator.train()
         ws_C = channel_wasserstein(np.concatenate(channels), self.val_channels)
         expert_N = np.concatenate(experts)
@@ -417,8 +458,8 @@ class Trainer:
             "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
             "temperature": self.temperature, "best_ws": self.best_ws,
             "untrained_ws": self.untrained_ws, "run_id": self.run_id,
-            "scaler_mean": torch.from_numpy(self.loader.mean_9),
-            "scaler_scale": torch.from_numpy(self.loader.scale_9),
+            "scaler_mean": torch.from_numpy(self.loader.scaler.mean),
+            "scaler_scale": torch.from_numpy(self.loader.scaler.scale),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -443,14 +484,11 @@ class Trainer:
                                state=self.state_dict())
 
     def save_model(self, name: str = "model.pt") -> Path:
-        return save_model_file(
-            self.output_dir / name, config=self.config.to_dict(), detector=self.detector.name,
-            image_shape=self.image_shape, router=self.router.state_dict(),
-            generator=self.generator.state_dict(), scaler_mean=self.loader.mean_9,
-            scaler_scale=self.loader.scale_9,
-            provenance=make_provenance(made_by="expertsim train", seed=self.config.train.seed,
-                                       config={"epoch": self.epoch, "step": self.step},
-                                       inputs=[self.config.data.path]))
+        return self.trained_model().save(
+            self.output_dir / name,
+            make_provenance(made_by="expertsim train", seed=self.config.train.seed,
+                            config={"epoch": self.epoch, "step": self.step},
+                            inputs=[self.config.data.path]))
 
     # ------------------------------------------------------------------ orchestration
 
@@ -459,64 +497,84 @@ class Trainer:
         self.stop_event.set()
 
     def fit(self, progress=None) -> FitResult:
-        """Train until the configured epochs (or max_steps, or a stop request)."""
-        train, main = self.config.train, self.context.is_main
-        if main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            self.tracker.start(self.config.flat(), run_id=self.run_id)
-            self.run_id = self.tracker.run_id
-        history: list[dict[str, float]] = []
-        if main and self.step == 0:
+        """Train until the configured epochs (or max_steps, or a stop request).
+
+        ``progress``, if given, is called with the trainer after every step.
+        """
+        self._begin()
+        window, history, status = LogWindow(), [], "finished"
+        while self.epoch < self.config.train.epochs and status == "finished":
+            status = self._train_epoch(window, history, progress)
+        self._end(status)
+        return FitResult(status, self.epoch, self.step, self.best_ws, self.output_dir,
+                         self.run_id, history, self.untrained_ws, self.mean_image_ws,
+                         self.context.rank)
+
+    def _begin(self) -> None:
+        """Start tracking (rank 0) and, on a fresh run, validate the untrained model."""
+        if not self.context.is_main:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.tracker.start(self.config.flat(), run_id=self.run_id)
+        self.run_id = self.tracker.run_id
+        if self.step == 0:
             first = self.validate()
             self.untrained_ws = first["val/ws_mean"]
             self.tracker.log_metrics({**first, "val/ws_mean_image_baseline": self.mean_image_ws},
                                      step=0)
-        status, sums, n_summed = "finished", {}, 0
-        while self.epoch < train.epochs and status == "finished":
-            self.loader.set_epoch(self.epoch)
-            for index, batch in enumerate(self.loader):
-                if index < self.batch_in_epoch:
-                    continue  # resumed mid-epoch: these batches were trained on already
-                result = self.train_step(batch)
-                self.step, self.batch_in_epoch = self.step + 1, index + 1
-                for key, value in result.scalars().items():
-                    sums[key] = sums.get(key, 0.0) + value
-                n_summed += 1
-                if progress is not None:
-                    progress(self)
-                if self.step % train.log_every == 0:
-                    logged = {f"train/{k}": float(v) / n_summed for k, v in sums.items()}
-                    history.append({"step": self.step, **logged})
-                    sums, n_summed = {}, 0
-                    if main:
-                        self.tracker.log_metrics(logged, step=self.step)
-                if self._stop_requested():
-                    status = "preempted"
-                elif train.max_steps is not None and self.step >= train.max_steps:
-                    status = "stopped"
-                if status != "finished":
-                    break
-            else:
-                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                self.temperature = max(train.gumbel_temperature_min,
-                                       self.temperature * train.gumbel_anneal)
-                if main and (self.epoch % train.val_every == 0 or self.epoch == train.epochs):
-                    self._end_of_epoch_validation()
-        if main:
-            self.save_checkpoint("checkpoint_last.pt")
-            # no validation chose a model (the run ended inside its first epoch): the final
-            # weights are the model; a pre-empted run writes none (it will be resumed)
-            if status != "preempted" and not math.isfinite(self.best_ws):
-                self.save_model("model.pt")
-            if status != "preempted":
-                self._log_artifacts()
-        return FitResult(status, self.epoch, self.step, self.best_ws, self.output_dir,
-                         self.run_id, history)
 
-    def _stop_requested(self) -> bool:
-        """Whether any rank was asked to stop; ranks agree so that they stop at the same step."""
+    def _train_epoch(self, window: LogWindow, history: list[dict[str, float]],
+                     progress) -> str:
+        """Train the rest of the current epoch; returns "finished" when the epoch ended,
+        else "preempted" (stop request) or "stopped" (max_steps)."""
+        train = self.config.train
+        self.loader.set_epoch(self.epoch)
+        for index, batch in enumerate(self.loader):
+            if index < self.batch_in_epoch:
+                continue  # resumed mid-epoch: these batches were trained on already
+            window.add(self.train_step(batch).scalars())
+            self.step, self.batch_in_epoch = self.step + 1, index + 1
+            if progress is not None:
+                progress(self)
+            at_log_step = self.step % train.log_every == 0
+            if at_log_step:
+                logged = window.flush()
+                history.append({"step": self.step, **logged})
+                if self.context.is_main:
+                    self.tracker.log_metrics(logged, step=self.step)
+            if self._stop_requested(at_log_step):
+                return "preempted"
+            if train.max_steps is not None and self.step >= train.max_steps:
+                return "stopped"
+        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        self.temperature = max(train.gumbel_temperature_min,
+                               self.temperature * train.gumbel_anneal)
+        if self.context.is_main and (self.epoch % train.val_every == 0
+                                     or self.epoch == train.epochs):
+            self._end_of_epoch_validation()
+        return "finished"
+
+    def _end(self, status: str) -> None:
+        """Save the last checkpoint (rank 0); unless pre-empted (it will be resumed), make sure
+        a model file exists and log the artifacts."""
+        if not self.context.is_main:
+            return
+        self.save_checkpoint("checkpoint_last.pt")
+        if status != "preempted":
+            if not math.isfinite(self.best_ws):
+                # no validation chose a model (the run ended inside its first epoch): the final
+                # weights are the model
+                self.save_model("model.pt")
+            self._log_artifacts()
+
+    def _stop_requested(self, at_log_step: bool) -> bool:
+        """Whether a stop was asked for. Under DDP the ranks agree through one all-reduce per
+        log window (at log steps only), so that they stop at the same step without a host
+        synchronisation every step."""
         if not self.context.enabled:
             return self.stop_event.is_set()
+        if not at_log_step:
+            return False
         flag = torch.tensor(float(self.stop_event.is_set()), device=self.device)
         return all_reduce_sum(flag, self.context).item() > 0
 
@@ -535,11 +593,3 @@ class Trainer:
             if (self.output_dir / name).exists():
                 self.tracker.log_artifact(self.output_dir / name)
 
-
-def routing_agreement(expert_N: np.ndarray, group_N: np.ndarray, n_experts: int) -> float:
-    """Fraction of events whose expert matches their intensity group under the best one-to-one
-    assignment of experts to groups (1 = the router reproduces the physical partition)."""
-    confusion = np.zeros((n_experts, N_GROUPS))
-    np.add.at(confusion, (expert_N, np.clip(group_N, 0, N_GROUPS - 1)), 1)
-    rows, cols = linear_sum_assignment(-confusion)
-    return float(confusion[rows, cols].sum() / max(len(expert_N), 1))

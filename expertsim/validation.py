@@ -33,42 +33,30 @@ import numpy as np
 
 from expertsim import __version__
 from expertsim import metrics
-from expertsim.detector import brightest_fibre, channel_sums
 from expertsim.errors import ConfigError, DataSchemaError
-from expertsim.eventfile import atomic_path, check_event_file, open_event_file
+from expertsim.eventfile import EventFile, write_event_file
+from expertsim.fileio import write_text
+from expertsim.plots import validation_figures
 
 REPORT_SCHEMA_VERSION = 1
 SHAPE_KEYS = ("fibres_hit", "brightest_row", "brightest_col", "centroid_x", "centroid_y",
               "width_x", "width_y")
 
 
-def event_features(images_NHW: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-event observables of counts-space images: photon_sum, channels (N, 5), and the
-    shape keys (fibre units; NaN for empty events)."""
-    images_NHW = np.asarray(images_NHW, dtype=np.float64)
-    channels = channel_sums(images_NHW)
-    photon_sum = channels.sum(axis=1)
-    empty = photon_sum <= 0
-    brightest = brightest_fibre(images_NHW).astype(np.float64)
-    brightest[empty] = np.nan
-    hit = metrics.fibres_hit(images_NHW).astype(np.float64)
-    return {"photon_sum": photon_sum, "channels": channels, "fibres_hit": hit,
-            "brightest_row": brightest[:, 0], "brightest_col": brightest[:, 1],
-            **metrics.shower_shape(images_NHW)}
-
-
 def _read(path: Path) -> dict[str, np.ndarray]:
-    check_event_file(path)
-    with open_event_file(path) as handle:
-        images = handle["images"][:]
-        out = event_features(images)
+    """Features of every event of an event file (expertsim.metrics.event_features), with the
+    images, energy, intensity group, condition id and, for sample files, expert and row."""
+    with EventFile(path) as events:
+        images = events.images()
+        out = metrics.event_features(images)
         out["images"] = images
-        out["energy"] = handle["conditions"][:, 0]
-        out["group"] = handle["derived/group"][:]
-        out["condition_id"] = handle["derived/condition_id"][:]
+        out["energy"] = events.conditions()[:, 0]
+        out["group"] = events.derived("group")
+        out["condition_id"] = events.derived("condition_id")
         for key in ("expert", "source_row"):
-            if key in handle:
-                out[key] = handle[key][:]
+            values = events.extra(key)
+            if values is not None:
+                out[key] = values
     return out
 
 
@@ -122,25 +110,15 @@ def select_reference(path: str | os.PathLike, output: str | os.PathLike, *, spli
                      min_photon_sum: float | None = None) -> Path:
     """Write the reference events of ``split`` with photon sum >= ``min_photon_sum`` as a new
     event file (validate against what the model was trained to produce, on held-out events)."""
-    from expertsim.eventfile import SPLIT_NAMES, write_event_file
     from expertsim.provenance import make_provenance
 
-    info = check_event_file(path)
-    with open_event_file(path) as handle:
-        keep = np.ones(info.n_events, dtype=bool)
-        if split != "all":
-            if split not in SPLIT_NAMES:
-                raise ConfigError(f"split {split!r} is not one of {[*SPLIT_NAMES, 'all']}")
-            keep &= handle["split"][:] == SPLIT_NAMES[split]
-        if min_photon_sum is not None:
-            keep &= handle["derived/photon_sum"][:] >= min_photon_sum
-        rows = np.flatnonzero(keep)
+    with EventFile(path) as events:
+        info = events.info
+        rows = events.rows(split, min_photon_sum)
         if len(rows) == 0:
             raise ConfigError(f"{path}: no events in split {split!r} with photon sum >= "
                               f"{min_photon_sum}")
-        images = handle["images"][rows]
-        conditions = handle["conditions"][rows]
-        pdg = handle["pdg"][rows] if info.has_pdg else None
+        images, conditions, pdg = events.images(rows), events.conditions(rows), events.pdg(rows)
     write_event_file(output, images, conditions, detector=info.detector, pdg_N=pdg,
                      provenance=make_provenance(made_by="expertsim validate (reference)",
                                                 config={"split": split,
@@ -215,11 +193,9 @@ def validate(generated_paths: list[str | os.PathLike], reference_path: str | os.
     report["passed"] = not report["failed_thresholds"]
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    figures = write_plots(first, reference, paired, report, output_dir) if plots else []
-    with atomic_path(output_dir / "metrics.json") as temporary:
-        temporary.write_text(json.dumps(report, indent=2, allow_nan=True))
-    with atomic_path(output_dir / "index.html") as temporary:
-        temporary.write_text(render_html(report, figures))
+    figures = validation_figures(first, reference, paired, report, output_dir) if plots else []
+    write_text(output_dir / "metrics.json", json.dumps(report, indent=2, allow_nan=True))
+    write_text(output_dir / "index.html", render_html(report, figures))
     return report
 
 
@@ -271,80 +247,6 @@ def check_thresholds(report: dict, thresholds: dict[str, float]) -> list[str]:
     """Keys whose value exceeds its maximum (all thresholds are upper limits)."""
     return [f"{key} = {lookup(report, key):.4g} > {limit}"
             for key, limit in thresholds.items() if lookup(report, key) > float(limit)]
-
-
-def write_plots(generated: dict, reference: dict, paired: dict, report: dict,
-                output_dir: Path) -> list[str]:
-    """channels.png (histograms with ratio panels), mean_images.png, examples.png,
-    response_energy.png; returns the file names."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = []
-
-    def save(figure, name):
-        with atomic_path(output_dir / name) as temporary:
-            figure.savefig(temporary, format="png", dpi=80)
-        plt.close(figure)
-        names.append(name)
-
-    figure, axes = plt.subplots(2, 5, figsize=(20, 6), sharex="col",
-                                gridspec_kw={"height_ratios": [3, 1]})
-    for k in range(5):
-        values = np.concatenate([generated["channels"][:, k], reference["channels"][:, k]])
-        bins = np.linspace(0, np.quantile(values, 0.995) + 1, 40)
-        ref_counts, _ = np.histogram(reference["channels"][:, k], bins)
-        gen_counts, _ = np.histogram(generated["channels"][:, k], bins)
-        gen_counts = gen_counts * len(reference["channels"]) / len(generated["channels"])
-        axes[0, k].stairs(ref_counts, bins, label="Monte Carlo")
-        axes[0, k].stairs(gen_counts, bins, label="generated")
-        axes[0, k].set_yscale("log")
-        axes[0, k].set_title(f"channel {k + 1}: WS {report['headline']['ws_channels'][k]:.2f}")
-        with np.errstate(divide="ignore", invalid="ignore"):
-            axes[1, k].stairs(gen_counts / ref_counts, bins)
-        axes[1, k].axhline(1.0, color="grey", lw=0.8)
-        axes[1, k].set_ylim(0, 2)
-        axes[1, k].set_xlabel("photons")
-    axes[0, 0].legend()
-    axes[1, 0].set_ylabel("generated / MC")
-    save(figure, "channels.png")
-
-    figure, axes = plt.subplots(1, 2, figsize=(8, 4))
-    for axis, (title, images) in zip(axes, (("Monte Carlo", reference["images"]),
-                                            ("generated", generated["images"]))):
-        shown = axis.imshow(np.asarray(images, float).mean(axis=0), cmap="viridis")
-        axis.set_title(f"mean image, {title}")
-        figure.colorbar(shown, ax=axis)
-    save(figure, "mean_images.png")
-
-    order = np.argsort(paired["photon_sum"])
-    picks = order[np.linspace(len(order) // 2, len(order) - 1, 5).astype(int)]
-    figure, axes = plt.subplots(2, 5, figsize=(15, 6))
-    for column, row in enumerate(picks):
-        for line, (label, source) in enumerate((("MC", paired), ("generated", generated))):
-            image = np.log1p(np.asarray(source["images"][row], float))
-            axes[line, column].imshow(image, cmap="viridis")
-            axes[line, column].set_title(f"{label}: {source['photon_sum'][row]:.0f} ph",
-                                         fontsize=9)
-            axes[line, column].set_xticks([]), axes[line, column].set_yticks([])
-    figure.suptitle("same conditions, Monte Carlo (top) and generated (bottom); log(1 + photons)")
-    save(figure, "examples.png")
-
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    response = report["response_vs_energy"]
-    edges = np.array(response["edges_gev"])
-    centres = np.sqrt(edges[1:] * edges[:-1])
-    for label in ("reference", "generated"):
-        values = response[label]
-        axes[0].plot(centres, np.array(values["mean"], float), "o-", label=label)
-        axes[1].plot(centres, np.array(values["resolution"], float), "o-", label=label)
-    for axis, name in zip(axes, ("mean photon sum", "resolution (std / mean)")):
-        axis.set_xscale("log"), axis.set_xlabel("energy [GeV]"), axis.set_ylabel(name)
-        axis.legend()
-    save(figure, "response_energy.png")
-    return names
 
 
 def render_html(report: dict, figures: list[str]) -> str:

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from expertsim.errors import DataSchemaError
-from expertsim.eventfile import (EventFileWriter, check_event_file, read_columns, read_scaler,
+from expertsim.eventfile import (EventFile, EventFileWriter, check_event_file, read_columns,
                                  summarize, write_event_file)
 from expertsim.provenance import make_provenance
 
@@ -34,7 +34,8 @@ def test_repeats_share_split_and_spread(zn_file):
 
 
 def test_scaler_is_fitted_on_the_train_split(zn_file):
-    mean, scale = read_scaler(zn_file)
+    with EventFile(zn_file) as events:
+        mean, scale = events.scaler().mean, events.scaler().scale
     with h5py.File(zn_file) as handle:
         train = handle["conditions"][:][handle["split"][:] == 0].astype(float)
     np.testing.assert_allclose(mean, train.mean(0), rtol=1e-6, atol=1e-9)

@@ -14,9 +14,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from expertsim.checkpoint import load_mixture
 from expertsim.cli import main
 from expertsim.detector import channel_sums
+from expertsim.trained_model import TrainedModel
 from tests.test_sampling import make_model
 
 
@@ -78,15 +78,15 @@ def test_export_writes_the_o2_files(exported):
     onnx.checker.check_model(graph)
     inputs = [(i.name, [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim],
                i.type.tensor_type.elem_type) for i in graph.graph.input]
-    mixture, payload = load_mixture(model)
-    rows, cols = payload["image_shape"]
+    trained = TrainedModel.load(model)
+    rows, cols = trained.image_shape
     assert inputs == [("noise", ["batch", 10], onnx.TensorProto.FLOAT),
                       ("conditions", ["batch", 9], onnx.TensorProto.FLOAT)]
     output = graph.graph.output[0]
     assert [d.dim_param or d.dim_value for d in output.type.tensor_type.shape.dim] == \
         ["batch", rows, cols]
     metadata = json.loads((folder / "model.json").read_text())
-    assert metadata["detector"] == payload["detector"]
+    assert metadata["detector"] == trained.detector.name
     assert metadata["image_shape"] == [rows, cols]
     assert [i["name"] for i in metadata["inputs"]] == ["noise", "conditions"]
     assert metadata["opset"] == graph.opset_import[0].version == 17
@@ -94,8 +94,8 @@ def test_export_writes_the_o2_files(exported):
     assert metadata["check"]["max_abs_log_difference"] <= 1e-4
     assert len(metadata["model_sha256"]) == 64 and metadata["package_version"]
     means, scales = parse_o2_scales(folder / "scales.txt")
-    np.testing.assert_allclose(means, payload["scaler"]["mean"].numpy(), rtol=1e-15)
-    np.testing.assert_allclose(scales, payload["scaler"]["scale"].numpy(), rtol=1e-15)
+    np.testing.assert_allclose(means, trained.scaler.mean, rtol=1e-15)
+    np.testing.assert_allclose(scales, trained.scaler.scale, rtol=1e-15)
 
 
 def test_o2_style_consumer_reproduces_pytorch(exported):
@@ -118,8 +118,8 @@ def test_o2_style_consumer_reproduces_pytorch(exported):
                               for k in range(0, 40)])
     np.testing.assert_allclose(singles, batch[:40], atol=1e-5)
 
-    mixture, payload = load_mixture(model)
-    mean, scale = payload["scaler"]["mean"].numpy(), payload["scaler"]["scale"].numpy()
+    trained = TrainedModel.load(model)
+    mixture, mean, scale = trained.mixture, trained.scaler.mean, trained.scaler.scale
     with torch.no_grad():
         expected, experts = mixture(torch.from_numpy(noise), torch.from_numpy(
             ((raw.astype(np.float64) - mean) / scale).astype(np.float32)))
@@ -127,7 +127,7 @@ def test_o2_style_consumer_reproduces_pytorch(exported):
     np.testing.assert_allclose(batch, expected.numpy(), atol=1e-4)
     assert batch.max() > 0
 
-    rows, cols = payload["image_shape"]
+    rows, cols = trained.image_shape
     photons = np.expm1(batch.astype(np.float64))
     o2 = np.array([o2_channels(image.ravel(), rows, cols) for image in photons[:50]])
     np.testing.assert_allclose(o2, channel_sums(photons[:50]), rtol=1e-9)

@@ -113,7 +113,7 @@ def test_a_killed_sampling_run_leaves_no_file(model_file, zn_file, tmp_path):
 def test_poisson_counts_are_the_per_row_keyed_draws():
     """The fast path (positive fibres only, one re-keyed bit generator) gives exactly the
     draws of a fresh Philox(key=[seed, row]) per row over the whole image."""
-    from expertsim.sampling import poisson_counts
+    from expertsim.trained_model import poisson_counts
 
     rng = np.random.default_rng(3)
     expected = rng.exponential(2.0, (40, 44, 44)) * (rng.random((40, 44, 44)) < 0.1)

@@ -8,9 +8,10 @@ import numpy as np
 import torch
 from click.testing import CliRunner
 
-from expertsim.checkpoint import load_mixture, load_model_file
+from expertsim.checkpoint import load_model_file
 from expertsim.cli import main
 from expertsim.config import config_from_dict
+from expertsim.trained_model import TrainedModel
 from expertsim.trainer import Trainer
 
 
@@ -122,13 +123,14 @@ def test_smoke_run_leaves_model_checkpoint_and_mlflow_run(tmp_path, monkeypatch)
     for name in ("model.pt", "checkpoint_last.pt", "checkpoint_best.pt"):
         assert (out / name).stat().st_size > 1000
     model = load_model_file(out / "model.pt")
-    assert model["detector"] == "ZN" and model["config"]["model"]["n_experts"] == 3
-    mixture, payload = load_mixture(out / "model.pt")
+    assert model.detector == "ZN" and model.config["model"]["n_experts"] == 3
+    trained = TrainedModel.load(out / "model.pt")
+    mixture = trained.mixture
     with torch.no_grad():
         images, experts = mixture(torch.randn(16, 10), torch.randn(16, 9))
     assert images.shape == (16, 44, 44) and torch.isfinite(images).all()
     assert experts.min() >= 0 and experts.max() < 3
-    assert payload["scaler"]["mean"].shape == (9,)
+    assert trained.scaler.mean.shape == (9,)
 
     from mlflow.tracking import MlflowClient
     client = MlflowClient("sqlite:///mlflow.db")

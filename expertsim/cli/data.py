@@ -7,6 +7,9 @@ import json
 import click
 from tqdm import tqdm
 
+from expertsim.detector import DETECTORS
+
+DETECTOR_CHOICES = [name.lower() for name in DETECTORS]
 
 
 def _split_option(function):
@@ -32,7 +35,7 @@ _output_option = click.option("-o", "--output", required=True, type=click.Path(d
 
 
 @click.command()
-@click.option("--detector", required=True, type=click.Choice(["zn", "zp"], case_sensitive=False),
+@click.option("--detector", required=True, type=click.Choice(DETECTOR_CHOICES, case_sensitive=False),
               help="Calorimeter: zn (neutron, 44x44) or zp (proton, 56x30).")
 @click.option("-n", "--n-events", required=True, type=click.IntRange(min=1),
               help="Number of events (responses) to simulate.")
@@ -72,7 +75,7 @@ def prepare() -> None:
 
 
 _detector_hint = click.option(
-    "--detector", type=click.Choice(["zn", "zp"], case_sensitive=False), default=None,
+    "--detector", type=click.Choice(DETECTOR_CHOICES, case_sensitive=False), default=None,
     help="Expected detector; the image shape must match it (default: from the shape).")
 
 

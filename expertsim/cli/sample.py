@@ -35,7 +35,7 @@ def sample(model_path, conditions_path, output, seed, repeat, shard_text, batch_
       expertsim sample --model model.pt --conditions mc.h5 --shard 3/10 -o gen_3.h5
     """
     from expertsim.sampling import Shard, describe, read_conditions, sample_to_file
-    from expertsim.trainer import select_device
+    from expertsim.devices import select_device
 
     shard = Shard.parse(shard_text)
     first, stop = shard.bounds(len(read_conditions(conditions_path)[0]))

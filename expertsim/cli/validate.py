@@ -68,14 +68,12 @@ def validate(reference, generated, model_path, generations, seed, output, thresh
     click.echo(f"classifier AUC {report['classifier_auc']:.3f}; report: {output}/index.html")
     if mlflow_run:
         from expertsim.config import TrackingConfig
-        from expertsim.tracking import make_tracker
+        from expertsim.tracking import log_to_run
 
-        tracker = make_tracker(True, TrackingConfig().uri, "expertsim", None)
-        tracker.start({}, run_id=mlflow_run)
-        tracker.log_metrics({"validate/ws_mean": headline["ws_mean"],
-                             "validate/classifier_auc": report["classifier_auc"]}, step=0)
-        tracker.log_artifact(Path(output) / "metrics.json")
-        tracker.finish()
+        log_to_run(TrackingConfig().uri, mlflow_run,
+                   {"validate/ws_mean": headline["ws_mean"],
+                    "validate/classifier_auc": report["classifier_auc"]},
+                   artifacts=(Path(output) / "metrics.json",))
     if not report["passed"]:
         click.echo("thresholds failed: " + "; ".join(report["failed_thresholds"]), err=True)
         raise SystemExit(EXIT_THRESHOLDS_FAILED)
