@@ -115,14 +115,13 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None):
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def check_export(onnx_path: str | os.PathLike, model_path: str | os.PathLike, *,
+def check_export(onnx_path: str | os.PathLike, model: TrainedModel, *,
                  n_events: int = 1000, seed: int = 0) -> ExportCheck:
     """Compare ONNX Runtime with PyTorch on ``n_events`` random conditions and noise.
 
     Raw conditions are drawn around the training distribution (mean + scale * N(0, 1)) and
     scaled in float32 as O2 does; PyTorch gets the package's own scaling of the same values.
     """
-    model = TrainedModel.load(model_path)
     mean, scale = model.scaler.mean, model.scaler.scale
     rng = np.random.default_rng(seed)
     raw_N9 = mean + scale * rng.standard_normal((n_events, len(mean)))
@@ -178,26 +177,14 @@ def export_onnx(model_path: str | os.PathLike, output_dir: str | os.PathLike, *,
     a failed export or check leaves ``output_dir`` as it was.
     """
     model = TrainedModel.load(model_path)
-    image_shape, noise_dim = model.image_shape, model.noise_dim
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export.", dir=output_dir))
     try:
         onnx_path = staging / "model.onnx"
-        example = (torch.zeros(2, noise_dim), torch.zeros(2, len(CONDITION_COLUMNS)))
-        with warnings.catch_warnings():
-            # torch announces the TorchScript-based exporter's retirement on every call; it is
-            # the exporter that handles the data-dependent expert grouping (nonzero), see
-            # expertsim.models.router.MixtureOfExperts
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                _O2Graph(model.mixture).eval(), example, str(onnx_path), dynamo=False,
-                input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-                dynamic_axes={name: {0: "batch"} for name in (*INPUT_NAMES, *OUTPUT_NAMES)},
-                opset_version=opset)
-        _declare_image_shape(onnx_path, image_shape)
+        _write_onnx(model, onnx_path, opset)
         write_scales_file(staging / "scales.txt", model.scaler)
-        result = check_export(onnx_path, model_path, n_events=check_events, seed=seed) \
+        result = check_export(onnx_path, model, n_events=check_events, seed=seed) \
             if check else None
         if result is not None and not result.passed:
             raise ExportCheckError(
@@ -206,35 +193,57 @@ def export_onnx(model_path: str | os.PathLike, output_dir: str | os.PathLike, *,
                 f"channel relative difference {result.max_channel_relative_difference:.3g}, "
                 f"tolerance {result.channel_tolerance}); nothing was written. A router tie "
                 "flipped by rounding gives this once in a while: try --check-seed")
-        metadata = {
-            "format": "expertsim-onnx-export",
-            "detector": model.detector.name,
-            "image_shape": list(image_shape),
-            "inputs": [
-                {"index": 0, "name": INPUT_NAMES[0], "shape": ["batch", noise_dim],
-                 "dtype": "float32", "meaning": "standard-normal noise"},
-                {"index": 1, "name": INPUT_NAMES[1], "shape": ["batch", len(CONDITION_COLUMNS)],
-                 "dtype": "float32", "meaning": "conditions scaled as (x - mean) / scale",
-                 "columns": list(CONDITION_COLUMNS), "units": list(CONDITION_UNITS)}],
-            "outputs": [
-                {"index": 0, "name": OUTPUT_NAMES[0], "shape": ["batch", *image_shape],
-                 "dtype": "float32", "meaning": "expected photons per fibre, log(1 + x)"}],
-            "opset": opset,
-            "scales_file": "scales.txt",
-            "n_experts": model.n_experts,
-            "onnx_sha256": file_sha256(onnx_path),
-            "model_sha256": file_sha256(model_path),
-            "torch": torch.__version__,
-            "check": None if result is None else {**asdict(result), "passed": result.passed},
-            "provenance": make_provenance(made_by="expertsim export", seed=seed,
-                                          inputs=[model_path],
-                                          config={"format": "onnx", "opset": opset}),
-            "model_provenance": model.provenance,
-            "package_version": __version__,
-        }
+        metadata = _metadata(model, onnx_path, opset, result, seed)
         (staging / "model.json").write_text(json.dumps(metadata, indent=2, default=str) + "\n")
         for name in ("model.onnx", "scales.txt", "model.json"):
             os.replace(staging / name, output_dir / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output_dir, result
+
+
+def _write_onnx(model: TrainedModel, onnx_path: Path, opset: int) -> None:
+    """Trace the mixture into an ONNX graph with O2's signature and a dynamic batch."""
+    example = (torch.zeros(2, model.noise_dim), torch.zeros(2, len(CONDITION_COLUMNS)))
+    with warnings.catch_warnings():
+        # torch announces the TorchScript-based exporter's retirement on every call; it is
+        # the exporter that handles the data-dependent expert grouping (nonzero), see
+        # expertsim.models.router.MixtureOfExperts
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _O2Graph(model.mixture).eval(), example, str(onnx_path), dynamo=False,
+            input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+            dynamic_axes={name: {0: "batch"} for name in (*INPUT_NAMES, *OUTPUT_NAMES)},
+            opset_version=opset)
+    _declare_image_shape(onnx_path, model.image_shape)
+
+
+def _metadata(model: TrainedModel, onnx_path: Path, opset: int, result: ExportCheck | None,
+              seed: int) -> dict:
+    """model.json: what the graph takes and gives, and what made it."""
+    return {
+        "format": "expertsim-onnx-export",
+        "detector": model.detector.name,
+        "image_shape": list(model.image_shape),
+        "inputs": [
+            {"index": 0, "name": INPUT_NAMES[0], "shape": ["batch", model.noise_dim],
+             "dtype": "float32", "meaning": "standard-normal noise"},
+            {"index": 1, "name": INPUT_NAMES[1], "shape": ["batch", len(CONDITION_COLUMNS)],
+             "dtype": "float32", "meaning": "conditions scaled as (x - mean) / scale",
+             "columns": list(CONDITION_COLUMNS), "units": list(CONDITION_UNITS)}],
+        "outputs": [
+            {"index": 0, "name": OUTPUT_NAMES[0], "shape": ["batch", *model.image_shape],
+             "dtype": "float32", "meaning": "expected photons per fibre, log(1 + x)"}],
+        "opset": opset,
+        "scales_file": "scales.txt",
+        "n_experts": model.n_experts,
+        "onnx_sha256": file_sha256(onnx_path),
+        "model_sha256": file_sha256(model.path),
+        "torch": torch.__version__,
+        "check": None if result is None else {**asdict(result), "passed": result.passed},
+        "provenance": make_provenance(made_by="expertsim export", seed=seed,
+                                      inputs=[model.path],
+                                      config={"format": "onnx", "opset": opset}),
+        "model_provenance": model.provenance,
+        "package_version": __version__,
+    }

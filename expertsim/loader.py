@@ -109,9 +109,14 @@ class EventLoader:
                 f"{path}: no events in split {split!r} with photon sum in "
                 f"[{min_photon_sum}, {max_photon_sum}]")
 
+        self._plan_pieces(memory_limit_bytes)
+
+    def _plan_pieces(self, memory_limit_bytes: int) -> None:
+        """Size the shuffle buffer under the memory limit and cut the selected events into
+        pieces (whole HDF5 chunks when they fit) that are read as single slabs."""
         # Memory: a slab read (raw), the selected events, the shuffled buffer and one batch
         # (raw + float32). Slabs are whole chunks when they fit, else pieces of a chunk.
-        chunk = self.info.chunk_events
+        batch_size, chunk = self.batch_size, self.info.chunk_events
         rows, cols = self.info.detector.shape
         raw_bytes = rows * cols * self.info.image_dtype.itemsize
         batch_bytes = batch_size * (raw_bytes + rows * cols * 4 + 128)

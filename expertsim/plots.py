@@ -85,13 +85,20 @@ def validation_figures(generated: dict, reference: dict, paired: dict, report: d
     ``generated``, ``reference``: feature dicts (expertsim.metrics.event_features plus
     "images"); ``paired``: the reference event of each generated row; ``report``: metrics.json.
     """
-    plt = _pyplot()
-    names = []
-
-    def save(figure, name):
+    figures = {
+        "channels.png": _channel_ratio_figure(generated, reference,
+                                              report["headline"]["ws_channels"]),
+        "mean_images.png": _mean_images_figure(generated, reference),
+        "examples.png": _examples_figure(generated, paired),
+        "response_energy.png": _response_figure(report["response_vs_energy"]),
+    }
+    for name, figure in figures.items():
         save_figure(figure, output_dir / name, dpi=80)
-        names.append(name)
+    return list(figures)
 
+
+def _channel_ratio_figure(generated: dict, reference: dict, ws_channels: list[float]):
+    plt = _pyplot()
     figure, axes = plt.subplots(2, 5, figsize=(20, 6), sharex="col",
                                 gridspec_kw={"height_ratios": [3, 1]})
     for k in range(5):
@@ -103,7 +110,7 @@ def validation_figures(generated: dict, reference: dict, paired: dict, report: d
         axes[0, k].stairs(ref_counts, bins, label="Monte Carlo")
         axes[0, k].stairs(gen_counts, bins, label="generated")
         axes[0, k].set_yscale("log")
-        axes[0, k].set_title(f"channel {k + 1}: WS {report['headline']['ws_channels'][k]:.2f}")
+        axes[0, k].set_title(f"channel {k + 1}: WS {ws_channels[k]:.2f}")
         with np.errstate(divide="ignore", invalid="ignore"):
             axes[1, k].stairs(gen_counts / ref_counts, bins)
         axes[1, k].axhline(1.0, color="grey", lw=0.8)
@@ -111,19 +118,23 @@ def validation_figures(generated: dict, reference: dict, paired: dict, report: d
         axes[1, k].set_xlabel("photons")
     axes[0, 0].legend()
     axes[1, 0].set_ylabel("generated / MC")
-    save(figure, "channels.png")
+    return figure
 
-    figure, axes = plt.subplots(1, 2, figsize=(8, 4))
+
+def _mean_images_figure(generated: dict, reference: dict):
+    figure, axes = _pyplot().subplots(1, 2, figsize=(8, 4))
     for axis, (title, images) in zip(axes, (("Monte Carlo", reference["images"]),
                                             ("generated", generated["images"]))):
         shown = axis.imshow(np.asarray(images, float).mean(axis=0), cmap="viridis")
         axis.set_title(f"mean image, {title}")
         figure.colorbar(shown, ax=axis)
-    save(figure, "mean_images.png")
+    return figure
 
+
+def _examples_figure(generated: dict, paired: dict):
     order = np.argsort(paired["photon_sum"])
     picks = order[np.linspace(len(order) // 2, len(order) - 1, 5).astype(int)]
-    figure, axes = plt.subplots(2, 5, figsize=(15, 6))
+    figure, axes = _pyplot().subplots(2, 5, figsize=(15, 6))
     for column, row in enumerate(picks):
         for line, (label, source) in enumerate((("MC", paired), ("generated", generated))):
             image = np.log1p(np.asarray(source["images"][row], float))
@@ -132,10 +143,11 @@ def validation_figures(generated: dict, reference: dict, paired: dict, report: d
                                          fontsize=9)
             axes[line, column].set_xticks([]), axes[line, column].set_yticks([])
     figure.suptitle("same conditions, Monte Carlo (top) and generated (bottom); log(1 + photons)")
-    save(figure, "examples.png")
+    return figure
 
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    response = report["response_vs_energy"]
+
+def _response_figure(response: dict):
+    figure, axes = _pyplot().subplots(1, 2, figsize=(11, 4))
     edges = np.array(response["edges_gev"])
     centres = np.sqrt(edges[1:] * edges[:-1])
     for label in ("reference", "generated"):
@@ -145,8 +157,7 @@ def validation_figures(generated: dict, reference: dict, paired: dict, report: d
     for axis, name in zip(axes, ("mean photon sum", "resolution (std / mean)")):
         axis.set_xscale("log"), axis.set_xlabel("energy [GeV]"), axis.set_ylabel(name)
         axis.legend()
-    save(figure, "response_energy.png")
-    return names
+    return figure
 
 
 def channel_overlay_figure(reference_NC: np.ndarray, generated: dict[str, np.ndarray]):

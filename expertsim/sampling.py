@@ -153,13 +153,9 @@ def sample_to_file(
     return Path(output)
 
 
-def merge_shards(shards: list[str | os.PathLike], output: str | os.PathLike,
-                 progress: Callable[[int], None] | None = None) -> Path:
-    """Join shard files of one sampling run into one event file, in shard order.
-
-    Refuses shards made by different models, detectors, seeds or repeat counts, missing or
-    duplicated shards, and shards of different runs.
-    """
+def _checked_shards(shards: list[str | os.PathLike]) -> list[tuple]:
+    """(path, info, sampling config) of each shard, in shard order, once every shard is known
+    to come from the same run and none is missing or duplicated."""
     if not shards:
         raise ConfigError("merge needs at least one shard file")
     records = []
@@ -188,7 +184,17 @@ def merge_shards(shards: list[str | os.PathLike], output: str | os.PathLike,
         missing = sorted(set(expected) - set(indices))
         duplicated = sorted({i for i in indices if indices.count(i) > 1})
         raise DataSchemaError(f"shards incomplete: missing {missing}, duplicated {duplicated}")
-    records.sort(key=lambda record: record[2]["shard"][0])
+    return sorted(records, key=lambda record: record[2]["shard"][0])
+
+def merge_shards(shards: list[str | os.PathLike], output: str | os.PathLike,
+                 progress: Callable[[int], None] | None = None) -> Path:
+    """Join shard files of one sampling run into one event file, in shard order.
+
+    Refuses shards made by different models, detectors, seeds or repeat counts, missing or
+    duplicated shards, and shards of different runs.
+    """
+    records = _checked_shards(shards)
+    _, reference, reference_config = records[0]
     n_events = sum(info.n_events for _, info, _ in records)
     experts = np.empty(n_events, dtype=np.int8)
     source_row = np.empty(n_events, dtype=np.int64)

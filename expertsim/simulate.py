@@ -210,21 +210,12 @@ def mean_visible_energy(energy_gev: np.ndarray, em: np.ndarray, baryon: np.ndarr
     return energy_gev * (f_em + params.h_over_e * (1 - f_em))
 
 
-def simulate_response(conditions_N9: np.ndarray, pdg_N: np.ndarray, detector: Detector,
-                      rng: np.random.Generator,
-                      params: SimulationParameters = SimulationParameters()) -> np.ndarray:
-    """Photon-count images (N, H, W) uint32 for particles with the given conditions."""
-    n = len(conditions_N9)
-    phys = params.detectors[detector.name]
-    rows, cols = detector.shape
-    em, baryon, energy = _species_arrays(conditions_N9, pdg_N)
-    charged = conditions_N9[:, 8] != 0
-
-    xy = impact_points(conditions_N9, params)
-    u = xy[:, 0] - detector.centre_x_cm
-    v = xy[:, 1] - detector.centre_y_cm
-    inside = (np.abs(u) < detector.size_x_cm / 2) & (np.abs(v) < detector.size_y_cm / 2)
-
+def _mean_photons(energy: np.ndarray, em: np.ndarray, baryon: np.ndarray, inside: np.ndarray,
+                  phys: DetectorPhysics, params: SimulationParameters,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Shower start depth [cm] and mean photon number of each particle: exponential start
+    (hadrons), longitudinal containment, fluctuated visible energy."""
+    n = len(energy)
     # Shower start depth (cm) and longitudinal containment.
     start_cm = np.where(em, 0.0, rng.exponential(phys.lambda_int_cm, n))
     showers = inside & (start_cm < phys.length_cm)
@@ -244,6 +235,25 @@ def simulate_response(conditions_N9: np.ndarray, pdg_N: np.ndarray, detector: De
     visible = mean_visible_energy(energy, em, baryon, params) * containment * fluctuation
     mean_photons = np.where(showers, phys.photons_per_vis_gev * params.relative_efficiency
                             * visible, 0.0)
+    return start_cm, mean_photons
+
+
+def simulate_response(conditions_N9: np.ndarray, pdg_N: np.ndarray, detector: Detector,
+                      rng: np.random.Generator,
+                      params: SimulationParameters = SimulationParameters()) -> np.ndarray:
+    """Photon-count images (N, H, W) uint32 for particles with the given conditions."""
+    n = len(conditions_N9)
+    phys = params.detectors[detector.name]
+    rows, cols = detector.shape
+    em, baryon, energy = _species_arrays(conditions_N9, pdg_N)
+    charged = conditions_N9[:, 8] != 0
+
+    xy = impact_points(conditions_N9, params)
+    u = xy[:, 0] - detector.centre_x_cm
+    v = xy[:, 1] - detector.centre_y_cm
+    inside = (np.abs(u) < detector.size_x_cm / 2) & (np.abs(v) < detector.size_y_cm / 2)
+
+    start_cm, mean_photons = _mean_photons(energy, em, baryon, inside, phys, params, rng)
 
     # Sub-showers: the first one sits on the impact point, the others scatter around it.
     extra = rng.poisson(np.where(em, 0.0, params.subshower_rate_per_log

@@ -190,23 +190,7 @@ class Trainer:
         self.spread_mean = float(finite.mean()) if len(finite) and finite.mean() > 0 else 1.0
         self._load_validation()
 
-        model, n_experts = config.model, config.model.n_experts
-        self.n_experts = n_experts
-        mixture = build_mixture(model, self.image_shape)
-        self.router = mixture.router.to(self.device)
-        self.generator = mixture.generator.to(self.device)
-        self.discriminator = ExpertDiscriminator(
-            n_experts, self.image_shape, model.discriminator_channels,
-            model.discriminator_features, model.dispatch).to(self.device)
-        self.aux = AuxRegressor(self.image_shape, model.aux_channels).to(self.device)
-        optim = config.optim
-        betas = (optim.beta1, optim.beta2)
-        self.opt_generator = ExpertAdam(self.generator.parameters(), n_experts,
-                                        optim.lr_generator, betas)
-        self.opt_discriminator = ExpertAdam(self.discriminator.parameters(), n_experts,
-                                            optim.lr_discriminator, betas)
-        self.opt_aux = torch.optim.Adam(self.aux.parameters(), optim.lr_aux, betas)
-        self.opt_router = torch.optim.Adam(self.router.parameters(), optim.lr_router, betas)
+        self._build_networks()
         self.noise = torch.Generator().manual_seed(config.train.seed + 1)
 
         self.epoch = 0
@@ -217,6 +201,27 @@ class Trainer:
         self.untrained_ws: float | None = None
         self.run_id: str | None = None
         self.output_dir = Path(config.train.output_dir)
+
+    def _build_networks(self) -> None:
+        """Router, experts, discriminators and auxiliary regressor with their optimizers
+        (initialised from torch's global seed, set just before)."""
+        model, n_experts = self.config.model, self.config.model.n_experts
+        self.n_experts = n_experts
+        mixture = build_mixture(model, self.image_shape)
+        self.router = mixture.router.to(self.device)
+        self.generator = mixture.generator.to(self.device)
+        self.discriminator = ExpertDiscriminator(
+            n_experts, self.image_shape, model.discriminator_channels,
+            model.discriminator_features, model.dispatch).to(self.device)
+        self.aux = AuxRegressor(self.image_shape, model.aux_channels).to(self.device)
+        optim = self.config.optim
+        betas = (optim.beta1, optim.beta2)
+        self.opt_generator = ExpertAdam(self.generator.parameters(), n_experts,
+                                        optim.lr_generator, betas)
+        self.opt_discriminator = ExpertAdam(self.discriminator.parameters(), n_experts,
+                                            optim.lr_discriminator, betas)
+        self.opt_aux = torch.optim.Adam(self.aux.parameters(), optim.lr_aux, betas)
+        self.opt_router = torch.optim.Adam(self.router.parameters(), optim.lr_router, betas)
 
     # ------------------------------------------------------------------ data
 

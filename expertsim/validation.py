@@ -135,20 +135,11 @@ def validate(generated_paths: list[str | os.PathLike], reference_path: str | os.
         raise ConfigError("validate needs at least one generated file")
     reference_path, output_dir = Path(reference_path), Path(output_dir)
     reference = _read(reference_path)
-    runs = []
-    for path in generated_paths:
-        generated = _read(Path(path))
-        if "source_row" not in generated:
-            raise DataSchemaError(f"{path}: no '/source_row': make it with expertsim sample "
-                                  f"--conditions {reference_path}")
-        if generated["source_row"].max() >= len(reference["photon_sum"]):
-            raise DataSchemaError(f"{path}: its source rows exceed {reference_path}'s "
-                                  f"{len(reference['photon_sum'])} events: other conditions")
-        runs.append((Path(path), generated))
-
+    runs = [(Path(path), _read_generated(Path(path), reference, reference_path))
+            for path in generated_paths]
     comparisons = [compare(generated, reference) for _, generated in runs]
     ws_means = np.array([c["ws_mean"] for c in comparisons])
-    first_path, first = runs[0]
+    _, first = runs[0]
     paired = _subset(reference, first["source_row"])  # the reference event of each row
     report: dict[str, Any] = {
         "schema_version": REPORT_SCHEMA_VERSION,
@@ -166,27 +157,11 @@ def validate(generated_paths: list[str | os.PathLike], reference_path: str | os.
         **{k: comparisons[0][k] for k in ("photon_sum", "fraction_empty", *SHAPE_KEYS)},
         "classifier_auc": metrics.classifier_auc(_classifier_features(first),
                                                  _classifier_features(paired), seed=seed),
-        "per_expert": {}, "per_group": {},
+        "per_expert": (_headline_by_label(first, paired, first["expert"])
+                       if "expert" in first else {}),
+        "per_group": _headline_by_label(first, paired, paired["group"]),
+        "response_vs_energy": _response_vs_energy(first, reference, energy_bins),
     }
-    if "expert" in first:
-        for expert in np.unique(first["expert"]):
-            mask = first["expert"] == expert
-            report["per_expert"][str(int(expert))] = {
-                "n": int(mask.sum()),
-                "ws_mean": compare(_subset(first, mask), _subset(paired, mask))["ws_mean"]}
-    for group in np.unique(paired["group"]):
-        mask = paired["group"] == group
-        report["per_group"][str(int(group))] = {
-            "n": int(mask.sum()),
-            "ws_mean": compare(_subset(first, mask), _subset(paired, mask))["ws_mean"]}
-    energy = reference["energy"]
-    edges = np.geomspace(max(energy.min(), 1e-3), energy.max() * 1.0001, energy_bins + 1)
-    report["response_vs_energy"] = {
-        "edges_gev": edges.tolist(),
-        "generated": _jsonable(metrics.response_vs_energy(first["energy"], first["photon_sum"],
-                                                          edges)),
-        "reference": _jsonable(metrics.response_vs_energy(energy, reference["photon_sum"],
-                                                          edges))}
     report["floor"] = _floor(reference)
     report["thresholds"] = thresholds or {}
     report["failed_thresholds"] = check_thresholds(report, thresholds or {})
@@ -197,6 +172,41 @@ def validate(generated_paths: list[str | os.PathLike], reference_path: str | os.
     write_text(output_dir / "metrics.json", json.dumps(report, indent=2, allow_nan=True))
     write_text(output_dir / "index.html", render_html(report, figures))
     return report
+
+
+def _read_generated(path: Path, reference: dict, reference_path: Path) -> dict:
+    """A generated file's features, checked to be made on the reference's conditions."""
+    generated = _read(path)
+    if "source_row" not in generated:
+        raise DataSchemaError(f"{path}: no '/source_row': make it with expertsim sample "
+                              f"--conditions {reference_path}")
+    if generated["source_row"].max() >= len(reference["photon_sum"]):
+        raise DataSchemaError(f"{path}: its source rows exceed {reference_path}'s "
+                              f"{len(reference['photon_sum'])} events: other conditions")
+    return generated
+
+
+def _headline_by_label(generated: dict, paired: dict, label_N: np.ndarray) -> dict:
+    """{label: {n, ws_mean}}: the headline on the events of each label (expert, group)."""
+    out = {}
+    for label in np.unique(label_N):
+        mask = label_N == label
+        out[str(int(label))] = {
+            "n": int(mask.sum()),
+            "ws_mean": compare(_subset(generated, mask), _subset(paired, mask))["ws_mean"]}
+    return out
+
+
+def _response_vs_energy(generated: dict, reference: dict, energy_bins: int) -> dict:
+    """Mean photon sum and resolution in log-spaced energy bins, generated and reference."""
+    energy = reference["energy"]
+    edges = np.geomspace(max(energy.min(), 1e-3), energy.max() * 1.0001, energy_bins + 1)
+    return {
+        "edges_gev": edges.tolist(),
+        "generated": _jsonable(metrics.response_vs_energy(generated["energy"],
+                                                          generated["photon_sum"], edges)),
+        "reference": _jsonable(metrics.response_vs_energy(energy, reference["photon_sum"],
+                                                          edges))}
 
 
 def validate_model(model_path: str | os.PathLike, reference_path: str | os.PathLike,

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from expertsim.checkpoint import load_checkpoint
@@ -16,6 +17,7 @@ def train(config, output, *extra):
     return load_checkpoint(output / "checkpoint_last.pt")[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_on_the_same_global_batch(zn_file, tmp_path):
     config = tmp_path / "ddp.yaml"
     config.write_text(

@@ -37,6 +37,7 @@ def read(path, key):
         return handle[key][:]
 
 
+@pytest.mark.slow
 def test_sample_file_is_a_counts_space_event_file(model_file, zn_file, tmp_path):
     out = tmp_path / "gen.h5"
     result = CliRunner().invoke(main, ["sample", "--model", str(model_file), "--conditions",
@@ -54,6 +55,7 @@ def test_sample_file_is_a_counts_space_event_file(model_file, zn_file, tmp_path)
     np.testing.assert_allclose(read(out, "derived/photon_sum"), images.sum(axis=(1, 2)))
 
 
+@pytest.mark.slow
 def test_same_seed_same_events_other_seed_other_events(model_file, zn_file, tmp_path):
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
         sample_to_file(model_file, zn_file, tmp_path / f"{name}.h5", seed=seed, batch_size=999)
@@ -62,6 +64,7 @@ def test_same_seed_same_events_other_seed_other_events(model_file, zn_file, tmp_
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
+@pytest.mark.slow
 def test_shards_merge_into_the_unsharded_run(model_file, zn_file, tmp_path):
     sample_to_file(model_file, zn_file, tmp_path / "all.h5", seed=3)
     shards = [sample_to_file(model_file, zn_file, tmp_path / f"s{i}.h5", seed=3,

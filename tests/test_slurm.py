@@ -13,7 +13,7 @@ from expertsim.checkpoint import load_checkpoint
 from tests.slurm_cluster import SlurmCluster, slurm_available
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ from expertsim.cli import main
 from expertsim.errors import ConfigError
 from expertsim.study import plan
 
+pytestmark = pytest.mark.slow  # every test here trains two models
+
 STUDY_CONFIGS = Path(__file__).resolve().parents[1] / "training" / "study"
 TINY = ["--set", "train.max_steps=4", "--set", "data.val_max_events=300",
         "--set", "train.router_warm_start_steps=2", "--set", "train.log_every=1"]

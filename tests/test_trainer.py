@@ -5,6 +5,7 @@ import signal
 import threading
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -90,6 +91,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(zn_file, tmp_path):
     assert again.step == 2
 
 
+@pytest.mark.slow
 def test_cli_exits_75_on_sigusr1_and_resumes(zn_file, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = tmp_path / "c.yaml"
@@ -110,6 +112,7 @@ def test_cli_exits_75_on_sigusr1_and_resumes(zn_file, tmp_path, monkeypatch):
     assert "resuming from" in result.output
 
 
+@pytest.mark.slow
 def test_smoke_run_leaves_model_checkpoint_and_mlflow_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, [

@@ -75,6 +75,7 @@ def test_report_has_every_documented_number(reference, tmp_path):
     assert "channels.png" in page and "MC noise floor" in page
 
 
+@pytest.mark.slow
 def test_a_faithful_generator_sits_at_the_floor_and_a_wrong_one_fails(reference, tmp_path):
     good = generated_from_simulation(reference, tmp_path / "good.h5", seed=21)
     wrong = generated_from_simulation(reference, tmp_path / "wrong.h5", seed=21, scale=2.0)
@@ -127,6 +128,7 @@ def test_mlflow_logging_into_an_existing_run(reference, tmp_path, monkeypatch):
     assert logged.data.metrics["validate/ws_mean"] > 0
 
 
+@pytest.mark.slow
 def test_end_to_end_simulate_train_smoke_validate(tmp_path, monkeypatch):
     """The main job at test size: smoke model on built-in data, validated on an independent
     Monte Carlo sample with repeats (so the floor exists)."""
