@@ -74,11 +74,17 @@ class ModelConfig:
     router_hidden: int = 64
     aux_channels: int = 8
     dispatch: str = "gather"  # how experts run: gather | dense | loop (expertsim.models.layers)
+    # plain: the nine scaled conditions enter the dense layer only (published); positional:
+    # derived impact features and centred coordinate channels (expertsim.models.conditioning)
+    conditioning: str = "plain"
 
     def __post_init__(self) -> None:
         if self.dispatch not in ("gather", "dense", "loop"):
             raise ConfigError(f"model.dispatch must be gather, dense or loop, got "
                               f"{self.dispatch!r}")
+        if self.conditioning not in ("plain", "positional"):
+            raise ConfigError(f"model.conditioning must be plain or positional, got "
+                              f"{self.conditioning!r}")
         _positive("model", n_experts=self.n_experts, noise_dim=self.noise_dim,
                   router_hidden=self.router_hidden, aux_channels=self.aux_channels,
                   discriminator_features=self.discriminator_features)
@@ -96,6 +102,9 @@ class LossConfig:
     diversity: float = 0.1  # published
     intensity: float = 1e-3  # published
     auxiliary: float = 1e-3  # published
+    # not published: Poisson deviance of the real response under the generated expectation,
+    # per fibre (expertsim.models.losses.pixel_likelihood); 0 = off
+    pixel_likelihood: float = 0.0
     router_gan: float = 0.1  # published
     differentiation: float = 0.1  # published
     utilisation_entropy: float = 0.1  # not published: our choice (0.01 let an expert die in
@@ -134,6 +143,12 @@ class TrainConfig:
     gumbel_temperature_min: float = 0.5
     gumbel_anneal: float = 1.0  # temperature *= anneal each epoch, down to the minimum
     router_warm_start_steps: int = 0  # steps fitting the router to the intensity groups
+    # Balanced routing: after each step the router's logit bias moves by this much towards
+    # the experts routed less than 1/E of the batch (0 = off, as published)
+    balance_rate: float = 0.0
+    # Train what you sample: the discriminator sees generated images as Poisson counts drawn
+    # from the expected photons (straight-through gradient), as `expertsim sample` writes them
+    counting_step: bool = False
     val_every: int = 1  # epochs between validation passes
     log_every: int = 50  # steps between logged training losses
     output_dir: str = "runs/default"
@@ -149,7 +164,8 @@ class TrainConfig:
                   log_every=self.log_every)
         if self.max_steps is not None:
             _positive("train", max_steps=self.max_steps)
-        _non_negative("train", router_warm_start_steps=self.router_warm_start_steps)
+        _non_negative("train", router_warm_start_steps=self.router_warm_start_steps,
+                      balance_rate=self.balance_rate)
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda")):
             raise ConfigError(f"train.device must be auto, cpu or cuda[:N], got {self.device!r}")
 

@@ -5,10 +5,24 @@ runs along x, axis 1 (column j) along y, one pixel per quartz fibre, the value i
 counted. ZN is 44 x 44 fibres over 7.04 x 7.04 cm (1.6 mm pitch); ZP is 56 x 30 fibres over
 22.4 x 12 cm (4 mm pitch). Geometry figures: ../shared/PHYSICS.md (ALICE ZDC).
 
-Readout channels follow ALICE O2's ZDC fast simulation (PHYSICS.md): a fibre (i, j) with
-i % 2 == j % 2 feeds the quadrant PMT of its quadrant (channels 1-4: i < H/2 and j < W/2 -> 1,
-i < H/2 and j >= W/2 -> 2, i >= H/2 and j < W/2 -> 3, else 4), every other fibre feeds the
-common PMT (channel 5). For ZP the same rule is applied to its 56 x 30 grid.
+Readout channels: five photomultipliers. Fibres of one checkerboard parity feed the common PMT
+(channel 5), the others one of four tower PMTs (channels 1-4). Which parity goes where, and how
+ZP's towers are laid out, differs between the codes of this field, so the conventions have
+names (``CHANNEL_CONVENTIONS``); every channel number the package reports says which it used:
+
+    o2-debug         (the default) i % 2 == j % 2 -> towers in 2 x 2 quadrants (i < H/2 and
+                     j < W/2 -> 1, i < H/2 and j >= W/2 -> 2, i >= H/2 and j < W/2 -> 3, else
+                     4), the other parity -> channel 5. ALICE O2's channel sum of its ZDC fast
+                     simulation (Detectors/ZDC/fastsimulation, calculateChannels, ZN only) and
+                     the flow-matching ZDC code (faster_zdc), whose WS figures are the
+                     published state of the art: the default keeps ours comparable to them.
+    expertsim-paper  the other parity: (i + j) odd -> 2 x 2 quadrants, even -> channel 5 (the
+                     ExpertSim authors' code).
+    o2-hits          what O2's reconstruction sees (FastSimToHits): (i + j) odd -> towers,
+                     even -> the common PMT; ZN towers in 2 x 2 quadrants as above, ZP's four
+                     towers side by side along its 56-fibre axis (tower int(4 i / 56) + 1).
+
+For ZN, expertsim-paper and o2-hits coincide.
 
 Legend for array names: N events, H rows, W columns, C = 5 channels.
 """
@@ -83,29 +97,42 @@ def detector_for_shape(shape: tuple[int, ...]) -> Detector:
     )
 
 
+CHANNEL_CONVENTIONS = ("o2-debug", "expertsim-paper", "o2-hits")
+DEFAULT_CHANNEL_CONVENTION = "o2-debug"
+
+
 @lru_cache(maxsize=None)
-def channel_index(shape: tuple[int, int]) -> np.ndarray:
+def channel_index(shape: tuple[int, int],
+                  convention: str = DEFAULT_CHANNEL_CONVENTION) -> np.ndarray:
     """Channel number (0..4 for ALICE channels 1..5) of each fibre, shape (H, W), int64."""
+    if convention not in CHANNEL_CONVENTIONS:
+        raise DataSchemaError(f"unknown channel convention {convention!r}: use one of "
+                              f"{list(CHANNEL_CONVENTIONS)}")
     rows, cols = shape
     i = np.arange(rows)[:, None]
     j = np.arange(cols)[None, :]
-    quadrant = (i >= rows // 2) * 2 + (j >= cols // 2)
-    index = np.where(i % 2 == j % 2, quadrant, 4)
+    tower = (i >= rows // 2) * 2 + (j >= cols // 2)
+    if convention == "o2-hits" and tuple(shape) == DETECTORS["ZP"].shape:
+        tower = np.broadcast_to(4 * i // rows, (rows, cols))
+    on_towers = (i % 2 == j % 2) if convention == "o2-debug" else ((i + j) % 2 == 1)
+    index = np.where(on_towers, tower, 4)
     index.setflags(write=False)
     return index
 
 
-def channel_masks(shape: tuple[int, int]) -> np.ndarray:
+def channel_masks(shape: tuple[int, int],
+                  convention: str = DEFAULT_CHANNEL_CONVENTION) -> np.ndarray:
     """One-hot channel masks, shape (5, H, W), float32; every fibre is in exactly one mask."""
-    index = channel_index(shape)
+    index = channel_index(tuple(shape), convention)
     return (index[None] == np.arange(N_CHANNELS)[:, None, None]).astype(np.float32)
 
 
-def channel_sums(images_NHW: np.ndarray) -> np.ndarray:
-    """The five ALICE channel sums (photons), shape (N, 5), float64."""
+def channel_sums(images_NHW: np.ndarray,
+                 convention: str = DEFAULT_CHANNEL_CONVENTION) -> np.ndarray:
+    """The five ALICE channel sums (photons) under a named convention, shape (N, 5), float64."""
     images_NHW = np.asarray(images_NHW)
     flat_NP = images_NHW.reshape(images_NHW.shape[0], -1).astype(np.float64, copy=False)
-    index_P = channel_index(tuple(images_NHW.shape[1:])).ravel()
+    index_P = channel_index(tuple(images_NHW.shape[1:]), convention).ravel()
     sums_NC = np.zeros((flat_NP.shape[0], N_CHANNELS))
     for channel in range(N_CHANNELS):
         sums_NC[:, channel] = flat_NP[:, index_P == channel].sum(axis=1)

@@ -29,11 +29,16 @@ from expertsim.models import ExpertGenerator, MixtureOfExperts, Router
 from expertsim.scaler import Scaler
 
 
-def build_mixture(model: ModelConfig, image_shape: tuple[int, int]) -> MixtureOfExperts:
-    """The router and the expert generators a model config describes (freshly initialised)."""
+def build_mixture(model: ModelConfig, image_shape: tuple[int, int],
+                  scaler: Scaler | None = None) -> MixtureOfExperts:
+    """The router and the expert generators a model config describes (freshly initialised);
+    positional conditioning stores ``scaler`` in the generator (a loaded model's state dict
+    brings its own)."""
     router = Router(model.n_experts, model.router_hidden)
     generator = ExpertGenerator(model.n_experts, tuple(image_shape), model.noise_dim,
-                                model.generator_channels, model.dispatch)
+                                model.generator_channels, model.dispatch, model.conditioning)
+    if generator.features is not None and scaler is not None:
+        generator.features.set_scaler(scaler.mean, scaler.scale)
     return MixtureOfExperts(router, generator)
 
 

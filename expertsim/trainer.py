@@ -34,6 +34,7 @@ from expertsim.loader import Batch, EventLoader
 from expertsim.metrics import N_GROUPS, channel_wasserstein, routing_agreement
 from expertsim.models import AuxRegressor, ExpertDiscriminator, MixtureOfExperts, gumbel_route
 from expertsim.models import losses
+from expertsim.models.counting import counted_log_image
 from expertsim.optim import ExpertAdam
 from expertsim.provenance import make_provenance
 from expertsim.tracking import NullTracker
@@ -65,6 +66,7 @@ class Routing:
     expert_B: torch.Tensor  # int64
     count_E: torch.Tensor  # events per expert over all ranks
     scale_E: torch.Tensor  # per-expert learning-rate scale
+    uniform_BHW: torch.Tensor | None  # uniforms of the counting step (train.counting_step)
 
 
 @dataclass
@@ -81,6 +83,7 @@ class GeneratorStep:
     diversity: torch.Tensor
     intensity: torch.Tensor
     auxiliary: torch.Tensor
+    pixel_likelihood: torch.Tensor
     adversarial_B: torch.Tensor  # adversarial loss per event, routed expert (detached)
     features_BF: torch.Tensor  # discriminator features of G(z1, c) (detached)
 
@@ -107,7 +110,9 @@ class StepResult:
                "d_fake_score": self.discriminator.fake_score, "g_loss": self.generator.loss,
                "g_adversarial": self.generator.adversarial,
                "g_diversity": self.generator.diversity, "g_intensity": self.generator.intensity,
-               "g_auxiliary": self.generator.auxiliary, "router_loss": self.router.loss,
+               "g_auxiliary": self.generator.auxiliary,
+               "g_pixel_likelihood": self.generator.pixel_likelihood,
+               "router_loss": self.router.loss,
                "router_gan_feedback": self.router.gan_feedback,
                "router_differentiation": self.router.differentiation,
                "router_entropy": self.router.utilisation_entropy,
@@ -207,12 +212,16 @@ class Trainer:
         (initialised from torch's global seed, set just before)."""
         model, n_experts = self.config.model, self.config.model.n_experts
         self.n_experts = n_experts
-        mixture = build_mixture(model, self.image_shape)
+        mixture = build_mixture(model, self.image_shape, self.loader.scaler)
         self.router = mixture.router.to(self.device)
         self.generator = mixture.generator.to(self.device)
         self.discriminator = ExpertDiscriminator(
             n_experts, self.image_shape, model.discriminator_channels,
-            model.discriminator_features, model.dispatch).to(self.device)
+            model.discriminator_features, model.dispatch, model.conditioning)
+        if self.discriminator.features is not None:
+            self.discriminator.features.set_scaler(self.loader.scaler.mean,
+                                                   self.loader.scaler.scale)
+        self.discriminator.to(self.device)
         self.aux = AuxRegressor(self.image_shape, model.aux_channels).to(self.device)
         optim = self.config.optim
         betas = (optim.beta1, optim.beta2)
@@ -251,8 +260,9 @@ class Trainer:
         return DeviceBatch(*(torch.from_numpy(np.ascontiguousarray(v)).to(
             self.device, non_blocking=True) for v in arrays))
 
-    def _noise(self, local_batch: int) -> tuple[torch.Tensor, ...]:
-        """z1, z2 (B, Z) and Gumbel noise (B, E) for this rank's slice of the global batch.
+    def _noise(self, local_batch: int) -> tuple[torch.Tensor | None, ...]:
+        """z1, z2 (B, Z), Gumbel noise (B, E) and, with the counting step, uniforms (B, H, W)
+        for this rank's slice of the global batch.
 
         Drawn for the whole global batch from one seeded stream, so the events get the same
         noise whatever the number of ranks.
@@ -263,8 +273,11 @@ class Trainer:
         z2 = torch.randn(global_batch, z_dim, generator=self.noise)
         uniform = torch.rand(global_batch, self.n_experts, generator=self.noise)
         gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1 - 1e-7)))
+        pixels = (torch.rand(global_batch, *self.image_shape, generator=self.noise)
+                  if self.config.train.counting_step else None)
         part = slice(self.context.rank * local_batch, (self.context.rank + 1) * local_batch)
-        return tuple(t[part].to(self.device) for t in (z1, z2, gumbel))
+        return tuple(None if t is None else t[part].to(self.device)
+                     for t in (z1, z2, gumbel, pixels))
 
     def _autocast(self):
         if self.device.type == "cuda" and self.config.train.bf16:
@@ -283,10 +296,13 @@ class Trainer:
             router = self.router_warm_start_step(routing.logits_BE, events.group_B)
         else:
             router = self.router_step(routing, generator)
+        if self.config.train.balance_rate > 0:
+            self.router.rebalance(routing.count_E / routing.count_E.sum(),
+                                  self.config.train.balance_rate)
         return StepResult(discriminator, generator, router, aux_loss, routing.count_E)
 
     def _route(self, events: DeviceBatch, local_batch: int) -> Routing:
-        z1_BZ, z2_BZ, gumbel_BE = self._noise(local_batch)
+        z1_BZ, z2_BZ, gumbel_BE, uniform_BHW = self._noise(local_batch)
         logits_BE = self.router(events.c_BK)
         gates_BE, probs_BE = gumbel_route(logits_BE, gumbel_BE, self.temperature)
         mask_BE = gates_BE.detach()
@@ -295,7 +311,14 @@ class Trainer:
         scale_E = (fraction_E if self.config.optim.scale_lr_by_routed_fraction
                    else torch.ones_like(fraction_E))
         return Routing(z1_BZ, z2_BZ, logits_BE, gates_BE, probs_BE, mask_BE,
-                       mask_BE.argmax(dim=1), count_E, scale_E)
+                       mask_BE.argmax(dim=1), count_E, scale_E, uniform_BHW)
+
+    def _as_seen(self, fake_BHW: torch.Tensor, routing: Routing) -> torch.Tensor:
+        """A generated image as the discriminator sees it: counted like the sampler's output
+        when train.counting_step is on (straight-through gradient), else as generated."""
+        if routing.uniform_BHW is None:
+            return fake_BHW
+        return counted_log_image(fake_BHW, routing.uniform_BHW)
 
     def discriminator_step(self, events: DeviceBatch, routing: Routing) -> DiscriminatorStep:
         c_BK, expert_B = events.c_BK, routing.expert_B
@@ -304,8 +327,8 @@ class Trainer:
             fake_BHW = self.generator(routing.z1_BZ, c_BK, expert_B)
         with self._autocast():
             real_logits_B, _ = self.discriminator(events.x_BHW, c_BK, expert_B)
-            fake_logits_B, _ = self.discriminator(fake_BHW.to(events.x_BHW.dtype), c_BK,
-                                                  expert_B)
+            fake_logits_B, _ = self.discriminator(
+                self._as_seen(fake_BHW, routing).to(events.x_BHW.dtype), c_BK, expert_B)
         loss_B = losses.discriminator_adversarial(real_logits_B.float(), fake_logits_B.float())
         loss = losses.routed_mean(loss_B, mask_BE, count_E)
         self.opt_discriminator.zero_grad(set_to_none=False)
@@ -339,7 +362,8 @@ class Trainer:
             fake_BHW, features_BF, terms_B = self._generator_terms(events, routing)
             weights = self.config.loss
             total_B = (weights.adversarial * terms_B[0] + weights.diversity * terms_B[1]
-                       + weights.intensity * terms_B[2] + weights.auxiliary * terms_B[3])
+                       + weights.intensity * terms_B[2] + weights.auxiliary * terms_B[3]
+                       + weights.pixel_likelihood * terms_B[4])
             loss = losses.routed_mean(total_B, routing.mask_BE, routing.count_E)
             self.opt_generator.zero_grad(set_to_none=False)
             loss.backward()
@@ -356,18 +380,21 @@ class Trainer:
 
     def _generator_terms(self, events: DeviceBatch, routing: Routing):
         """G(z1, c), its discriminator features and the per-event expert loss terms
-        (adversarial, diversity, intensity, auxiliary); a term whose weight is 0 is 0."""
+        (adversarial, diversity, intensity, auxiliary, pixel likelihood); a term whose weight
+        is 0 is 0."""
         weights, c_BK, expert_B = self.config.loss, events.c_BK, routing.expert_B
         with self._autocast():
             fake_BHW = self.generator(routing.z1_BZ, c_BK, expert_B)
-            logits_B, features_BF = self.discriminator(fake_BHW, c_BK, expert_B)
+            logits_B, features_BF = self.discriminator(self._as_seen(fake_BHW, routing), c_BK,
+                                                       expert_B)
         zero_B = torch.zeros(routing.z1_BZ.shape[0], device=self.device)
         adversarial_B = losses.generator_adversarial(logits_B.float())
-        diversity_B = intensity_B = auxiliary_B = zero_B
+        diversity_B = intensity_B = auxiliary_B = pixel_B = zero_B
         if weights.diversity > 0:
             with self._autocast():
                 fake2_BHW = self.generator(routing.z2_BZ, c_BK, expert_B)
-                _, features2_BF = self.discriminator(fake2_BHW, c_BK, expert_B)
+                _, features2_BF = self.discriminator(self._as_seen(fake2_BHW, routing), c_BK,
+                                                     expert_B)
             diversity_B = losses.sdi_diversity(features_BF.float(), features2_BF.float(),
                                                routing.z1_BZ, routing.z2_BZ, events.spread_B)
         if weights.intensity > 0:
@@ -377,7 +404,10 @@ class Trainer:
                 predicted_B2 = self.aux(fake_BHW)
             auxiliary_B = losses.auxiliary(predicted_B2.float(), events.position_B2,
                                            events.valid_B)
-        return fake_BHW, features_BF, (adversarial_B, diversity_B, intensity_B, auxiliary_B)
+        if weights.pixel_likelihood > 0:
+            pixel_B = losses.pixel_likelihood(fake_BHW, events.x_BHW)
+        return fake_BHW, features_BF, (adversarial_B, diversity_B, intensity_B, auxiliary_B,
+                                       pixel_B)
 
     def router_step(self, routing: Routing, generator: GeneratorStep) -> RouterStep:
         weights, context, gates_BE = self.config.loss, self.context, routing.gates_BE
@@ -387,8 +417,10 @@ class Trainer:
                               .sum(), context) / n_events
         gate_sum_E = global_sum(gates_BE.sum(dim=0), context)
         feature_sum_EF = global_sum(gates_BE.T @ generator.features_BF.float(), context)
+        # an expert without events has a zero sum: dividing it by a tiny count would turn the
+        # gradient of its gates into a huge push (it drove every mixture to one expert)
         differentiation = losses.expert_differentiation(
-            feature_sum_EF / gate_sum_E.clamp(min=1e-6).unsqueeze(1))
+            feature_sum_EF / gate_sum_E.clamp(min=1.0).unsqueeze(1), gate_sum_E.detach() > 0)
         mean_probs_E = global_sum(routing.probs_BE.sum(dim=0), context) / n_events
         entropy = losses.utilisation_entropy(mean_probs_E)
         balance = losses.load_balancing(gate_sum_E.detach() / n_events, mean_probs_E)

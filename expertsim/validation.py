@@ -6,16 +6,37 @@ conditions, e.g. by ``expertsim sample --conditions MC.h5``; rows are paired thr
 (schema below), PNG plots and ``index.html``. Every number is computed by the pure functions
 of :mod:`expertsim.metrics`; the trainer's validation uses the same ones.
 
-metrics.json (schema_version 1):
-    headline: ws_channels (5, photons, mean over generations), ws_mean, ws_mean_std
+Fair comparison. When the reference simulates each particle at least twice (``expertsim
+simulate --repeat 2``), its two responses A and B to every particle make a *matched* design:
+the model is scored on the particles of A against MC B, and the Monte Carlo floor is MC A
+against MC B: the same conditions and the same sample sizes, so ``ratio`` = model / floor is 1
+for a generator as good as the simulation. (Scoring the model on all N events against all N
+while the floor compares N/2 halves would make the floor ~sqrt(2) too high.) Without repeats
+the design is *unmatched*: every generated row against its own reference row, and no floor.
+
+Uncertainties are 95 % intervals, point +- 1.96 standard errors, the standard error from
+balanced half-sampling of the particles (``expertsim.metrics.half_sample_standard_error``);
+``uncertainty`` also holds two cross-checks of that error: disjoint quarters of the
+particles, and the spread over independent generations (the model's own noise alone).
+
+metrics.json (schema_version 2):
+    design: "matched" or "unmatched"; n_pairs: particles scored
+    headline: convention, ws_channels (5, photons, mean over generations), ws_mean,
+        ws_mean_std (over generations), ws_mean_ci95, floor_ws_mean, floor_ci95, ratio,
+        ratio_ci95 (floor and ratio null when unmatched)
+    headline_by_convention: {name: {ws_channels, ws_mean, floor_ws_mean, ratio}} for every
+        channel convention of expertsim.detector (the headline uses the default)
+    uncertainty: method, n_draws, se (model, floor, ratio), disjoint_quarters_se,
+        generation_std
+    paired: per particle, generated vs MC B and MC A vs MC B: median centroid distance and
+        median width difference (fibres), their ratio, n (non-empty pairs)
     photon_sum: wasserstein (photons), ks; fraction_empty: generated, reference
     fibres_hit, brightest_row, brightest_col, centroid_x, centroid_y, width_x, width_y:
         wasserstein (fibres), ks - shape metrics over non-empty events
     classifier_auc: generated vs reference (0.5 = indistinguishable)
     per_expert, per_group: {label: {n, ws_mean}}
     response_vs_energy: edges (GeV), generated/reference: {count, mean, resolution}
-    floor: the same headline/photon_sum/shape metrics between two independent halves of the
-        reference's repeated simulations (null without repeats)
+    floor: the same metrics (and classifier_auc) for MC A against MC B (null when unmatched)
     thresholds, passed: the thresholds file's limits and whether all hold
 """
 
@@ -33,12 +54,15 @@ import numpy as np
 
 from expertsim import __version__
 from expertsim import metrics
+from expertsim.detector import CHANNEL_CONVENTIONS, DEFAULT_CHANNEL_CONVENTION, channel_sums
 from expertsim.errors import ConfigError, DataSchemaError
 from expertsim.eventfile import EventFile, write_event_file
 from expertsim.fileio import write_text
 from expertsim.plots import validation_figures
 
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = 2
+N_DRAWS = 200  # half-samples for the standard errors
+Z95 = 1.959964  # two-sided 95 % normal quantile
 SHAPE_KEYS = ("fibres_hit", "brightest_row", "brightest_col", "centroid_x", "centroid_y",
               "width_x", "width_y")
 
@@ -49,6 +73,8 @@ def _read(path: Path) -> dict[str, np.ndarray]:
     with EventFile(path) as events:
         images = events.images()
         out = metrics.event_features(images)
+        for convention in CHANNEL_CONVENTIONS:
+            out[f"channels@{convention}"] = channel_sums(images, convention)
         out["images"] = images
         out["energy"] = events.conditions()[:, 0]
         out["group"] = events.derived("group")
@@ -90,20 +116,111 @@ def _subset(features: dict, mask: np.ndarray) -> dict:
     return {k: v[mask] for k, v in features.items()}
 
 
-def _floor(reference: dict) -> dict[str, Any] | None:
-    """Metrics between two halves of the reference's repeated simulations, or None."""
-    ids = reference["condition_id"]
-    counts = np.bincount(ids)
-    repeated = counts[ids] >= 2
-    if repeated.sum() < 2 * metrics.MIN_TRUSTED_EVENTS:
+def _model_pairs(generated: dict, reference: dict, matched: tuple | None, path: Path
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(generated rows, reference rows) scored against each other: matched, the generation
+    for each particle of MC A against MC B; unmatched, every row against its own source."""
+    source_row = generated["source_row"]
+    if matched is None:
+        return np.arange(len(source_row)), source_row
+    rows_a, rows_b = matched
+    first_of = np.full(len(reference["photon_sum"]), -1)
+    first_of[source_row[::-1]] = np.arange(len(source_row))[::-1]
+    generated_rows = first_of[rows_a]
+    if (generated_rows < 0).any():
+        raise DataSchemaError(f"{path}: no generated event for {(generated_rows < 0).sum()} of "
+                              "the reference's repeated particles; generate on all its rows")
+    return generated_rows, rows_b
+
+
+def _ws_mean(generated: dict, reference: dict, key: str = "channels") -> float:
+    return float(metrics.channel_wasserstein(generated[key], reference[key]).mean())
+
+
+def _uncertainty(first: dict, paired: dict, floor_pair: tuple[dict, dict] | None,
+                 ws_means: np.ndarray, seed: int, n_draws: int) -> dict[str, Any]:
+    """Standard errors of the headline, the floor and their ratio by half-sampling the
+    particles (the same halves for model and floor), with the cross-checks."""
+    def statistic(index: np.ndarray) -> list[float]:
+        model = _ws_mean(_subset(first, index), _subset(paired, index))
+        if floor_pair is None:
+            return [model, np.nan, np.nan]
+        floor = _ws_mean(_subset(floor_pair[0], index), _subset(floor_pair[1], index))
+        return [model, floor, model / floor]
+
+    n_units = len(first["photon_sum"])
+    se = metrics.half_sample_standard_error(statistic, n_units, n_draws=n_draws, seed=seed)
+    quarters = np.array_split(np.random.default_rng(seed).permutation(n_units), 4)
+    quarter_values = np.array([statistic(np.sort(q)) for q in quarters])
+    return {
+        "method": "balanced half-sampling of the particles; interval = point +- 1.96 se",
+        "n_draws": n_draws,
+        "se": dict(zip(("model", "floor", "ratio"), _numbers(se))),
+        # each quarter has n/4 particles: se of the full-sample value = std over quarters / 2
+        "disjoint_quarters_se": dict(zip(("model", "floor", "ratio"),
+                                         _numbers(quarter_values.std(axis=0, ddof=1) / 2))),
+        "generation_std": float(ws_means.std(ddof=1)) if len(ws_means) > 1 else None,
+    }
+
+
+def _numbers(values) -> list[float | None]:
+    return [None if not np.isfinite(v) else float(v) for v in values]
+
+
+def _interval(value: float | None, se: float | None) -> list[float] | None:
+    if value is None or se is None:
         return None
-    order = np.argsort(ids, kind="stable")
-    rank = np.empty(len(ids), dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank[order] = np.arange(len(ids)) - starts[ids[order]]
-    half_a = repeated & (rank % 2 == 0)
-    half_b = repeated & (rank % 2 == 1)
-    return compare(_subset(reference, half_b), _subset(reference, half_a))
+    return [value - Z95 * se, value + Z95 * se]
+
+
+def _headline(comparisons: list[dict], floor: dict | None, uncertainty: dict
+              ) -> dict[str, Any]:
+    ws_means = np.array([c["ws_mean"] for c in comparisons])
+    ws_mean = float(ws_means.mean())
+    floor_ws = None if floor is None else floor["ws_mean"]
+    ratio = None if floor_ws is None else ws_mean / floor_ws
+    se = uncertainty["se"]
+    return {
+        "convention": DEFAULT_CHANNEL_CONVENTION,
+        "ws_channels": np.mean([c["ws_channels"] for c in comparisons], axis=0).tolist(),
+        "ws_mean": ws_mean,
+        "ws_mean_std": float(ws_means.std(ddof=1)) if len(ws_means) > 1 else 0.0,
+        "ws_mean_ci95": _interval(ws_mean, se["model"]),
+        "floor_ws_mean": floor_ws,
+        "floor_ci95": _interval(floor_ws, se["floor"]),
+        "ratio": ratio,
+        "ratio_ci95": _interval(ratio, se["ratio"]),
+    }
+
+
+def _by_convention(first: dict, paired: dict, floor_pair: tuple[dict, dict] | None
+                   ) -> dict[str, Any]:
+    out = {}
+    for convention in CHANNEL_CONVENTIONS:
+        key = f"channels@{convention}"
+        ws = metrics.channel_wasserstein(first[key], paired[key])
+        floor = None if floor_pair is None else _ws_mean(*floor_pair, key=key)
+        out[convention] = {"ws_channels": ws.tolist(), "ws_mean": float(ws.mean()),
+                           "floor_ws_mean": floor,
+                           "ratio": None if floor is None else float(ws.mean()) / floor}
+    return out
+
+
+def _paired(first: dict, paired: dict, floor_pair: tuple[dict, dict] | None
+            ) -> dict[str, Any]:
+    """Conditional shape agreement: per particle, generated vs MC B (and MC A vs MC B)."""
+    model = metrics.paired_shape_distances(first, paired)
+    floor = None if floor_pair is None else metrics.paired_shape_distances(*floor_pair)
+    out: dict[str, Any] = {}
+    for key, values in model.items():
+        median = float(np.nanmedian(values)) if np.isfinite(values).any() else None
+        floor_median = (float(np.nanmedian(floor[key]))
+                        if floor is not None and np.isfinite(floor[key]).any() else None)
+        out[key] = {"unit": "fibres", "model_median": median, "floor_median": floor_median,
+                    "ratio": (median / floor_median if median is not None and floor_median
+                              else None),
+                    "n": int(np.isfinite(values).sum())}
+    return out
 
 
 def select_reference(path: str | os.PathLike, output: str | os.PathLike, *, split: str = "all",
@@ -129,46 +246,58 @@ def select_reference(path: str | os.PathLike, output: str | os.PathLike, *, spli
 
 def validate(generated_paths: list[str | os.PathLike], reference_path: str | os.PathLike,
              output_dir: str | os.PathLike, *, thresholds: dict[str, float] | None = None,
-             seed: int = 0, energy_bins: int = 8, plots: bool = True) -> dict[str, Any]:
+             seed: int = 0, energy_bins: int = 8, plots: bool = True,
+             n_draws: int = N_DRAWS) -> dict[str, Any]:
     """Compare generated files with the reference; write the report; return metrics.json."""
     if not generated_paths:
         raise ConfigError("validate needs at least one generated file")
     reference_path, output_dir = Path(reference_path), Path(output_dir)
     reference = _read(reference_path)
-    runs = [(Path(path), _read_generated(Path(path), reference, reference_path))
-            for path in generated_paths]
-    comparisons = [compare(generated, reference) for _, generated in runs]
-    ws_means = np.array([c["ws_mean"] for c in comparisons])
-    _, first = runs[0]
-    paired = _subset(reference, first["source_row"])  # the reference event of each row
+    pairs = metrics.repeat_pairs(reference["condition_id"])
+    matched = pairs if len(pairs[0]) >= metrics.MIN_TRUSTED_EVENTS else None
+    scored = []
+    for path in map(Path, generated_paths):
+        generated = _read_generated(path, reference, reference_path)
+        generated_rows, reference_rows = _model_pairs(generated, reference, matched, path)
+        scored.append((path, _subset(generated, generated_rows),
+                       _subset(reference, reference_rows)))
+    comparisons = [compare(generated, paired) for _, generated, paired in scored]
+    _, first, paired = scored[0]
+    floor_pair = None if matched is None else (_subset(reference, matched[0]),
+                                               _subset(reference, matched[1]))
+    floor = None if floor_pair is None else {
+        **compare(*floor_pair), "classifier_auc": metrics.classifier_auc(
+            _classifier_features(floor_pair[0]), _classifier_features(floor_pair[1]), seed=seed)}
+    uncertainty = _uncertainty(first, paired, floor_pair,
+                               np.array([c["ws_mean"] for c in comparisons]), seed, n_draws)
     report: dict[str, Any] = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "expertsim_version": __version__,
         "reference": str(reference_path.resolve()),
-        "generated": [str(p.resolve()) for p, _ in runs],
+        "generated": [str(path.resolve()) for path, _, _ in scored],
+        "design": "unmatched" if matched is None else "matched",
         "n_reference": int(len(reference["photon_sum"])),
-        "n_generated": [int(len(g["photon_sum"])) for _, g in runs],
-        "headline": {
-            "ws_channels": np.mean([c["ws_channels"] for c in comparisons], axis=0).tolist(),
-            "ws_mean": float(ws_means.mean()),
-            "ws_mean_std": float(ws_means.std(ddof=1)) if len(ws_means) > 1 else 0.0,
-        },
+        "n_pairs": int(len(first["photon_sum"])),
+        "headline": _headline(comparisons, floor, uncertainty),
+        "headline_by_convention": _by_convention(first, paired, floor_pair),
+        "uncertainty": uncertainty,
+        "paired": _paired(first, paired, floor_pair),
         **{k: comparisons[0][k] for k in ("photon_sum", "fraction_empty", *SHAPE_KEYS)},
         "classifier_auc": metrics.classifier_auc(_classifier_features(first),
                                                  _classifier_features(paired), seed=seed),
         "per_expert": (_headline_by_label(first, paired, first["expert"])
                        if "expert" in first else {}),
         "per_group": _headline_by_label(first, paired, paired["group"]),
-        "response_vs_energy": _response_vs_energy(first, reference, energy_bins),
+        "response_vs_energy": _response_vs_energy(first, paired, energy_bins),
+        "floor": floor,
+        "thresholds": thresholds or {},
     }
-    report["floor"] = _floor(reference)
-    report["thresholds"] = thresholds or {}
     report["failed_thresholds"] = check_thresholds(report, thresholds or {})
     report["passed"] = not report["failed_thresholds"]
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    figures = validation_figures(first, reference, paired, report, output_dir) if plots else []
+    figures = validation_figures(first, paired, paired, report, output_dir) if plots else []
     write_text(output_dir / "metrics.json", json.dumps(report, indent=2, allow_nan=True))
     write_text(output_dir / "index.html", render_html(report, figures))
     return report
@@ -209,6 +338,21 @@ def _response_vs_energy(generated: dict, reference: dict, energy_bins: int) -> d
                                                           edges))}
 
 
+def _reference(reference_path: str | os.PathLike, output_dir: Path, split: str,
+               min_photon_sum: float | None,
+               selected_reference: str | os.PathLike | None) -> Path:
+    """The reference events to generate on: ``selected_reference`` when given, else the
+    ``split`` / ``min_photon_sum`` selection of ``reference_path`` (written to
+    output_dir/reference.h5), else the whole file."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if selected_reference is not None:
+        return Path(selected_reference)
+    if split != "all" or min_photon_sum is not None:
+        return select_reference(reference_path, output_dir / "reference.h5", split=split,
+                                min_photon_sum=min_photon_sum)
+    return Path(reference_path)
+
+
 def validate_model(model_path: str | os.PathLike, reference_path: str | os.PathLike,
                    output_dir: str | os.PathLike, *, generations: int = 3, seed: int = 0,
                    split: str = "all", min_photon_sum: float | None = None,
@@ -221,19 +365,33 @@ def validate_model(model_path: str | os.PathLike, reference_path: str | os.PathL
     from expertsim.sampling import sample_to_file
 
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    reference = Path(reference_path)
-    if selected_reference is not None:
-        reference = Path(selected_reference)
-    elif split != "all" or min_photon_sum is not None:
-        reference = select_reference(reference_path, output_dir / "reference.h5", split=split,
-                                     min_photon_sum=min_photon_sum)
+    reference = _reference(reference_path, output_dir, split, min_photon_sum,
+                           selected_reference)
     files = []
     for k in range(generations):
         path = output_dir / f"generated_{k}.h5"
         sample_to_file(model_path, reference, path, seed=seed + k)
         files.append(path)
     return validate(files, reference, output_dir, thresholds=thresholds, seed=seed, plots=plots)
+
+
+def validate_lookup(train_path: str | os.PathLike, reference_path: str | os.PathLike,
+                    output_dir: str | os.PathLike, *, split: str = "all",
+                    min_photon_sum: float | None = None, seed: int = 0,
+                    thresholds: dict[str, float] | None = None, plots: bool = True,
+                    selected_reference: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Score the nearest-neighbour lookup table of ``train_path``'s train split (events with
+    photon sum >= ``min_photon_sum``, the filter a model trains with) like a model: one
+    "generation" (the table is deterministic) on the selected reference events."""
+    from expertsim.lookup import lookup_to_file
+
+    output_dir = Path(output_dir)
+    reference = _reference(reference_path, output_dir, split, min_photon_sum,
+                           selected_reference)
+    path = lookup_to_file(train_path, reference, output_dir / "lookup_0.h5",
+                          min_photon_sum=min_photon_sum)
+    return validate([path], reference, output_dir, thresholds=thresholds, seed=seed,
+                    plots=plots)
 
 
 def _jsonable(values: dict[str, np.ndarray]) -> dict[str, list]:
@@ -259,18 +417,53 @@ def check_thresholds(report: dict, thresholds: dict[str, float]) -> list[str]:
             for key, limit in thresholds.items() if lookup(report, key) > float(limit)]
 
 
+def summary_lines(report: dict) -> list[str]:
+    """The report's headline numbers as a few lines of text (what the CLI prints)."""
+    headline, floor = report["headline"], report["floor"]
+    lines = [f"channel-WS {_fmt(headline['ws_mean'], headline['ws_mean_ci95'])} photons "
+             f"(95 % interval; {headline['convention']} channels; std over "
+             f"{len(report['generated'])} generation(s) {headline['ws_mean_std']:.3f})"]
+    if floor is None:
+        lines.append("no repeated MC in the reference: no floor (simulate with --repeat 2)")
+    else:
+        centroid = report["paired"]["centroid_distance"]
+        lines += [f"MC floor {_fmt(headline['floor_ws_mean'], headline['floor_ci95'])} on the "
+                  f"same {report['n_pairs']} particles; model / floor "
+                  f"{_fmt(headline['ratio'], headline['ratio_ci95'], 2)}",
+                  f"median centroid distance per particle {_fmt(centroid['model_median'], digits=2)}"
+                  f" fibres (MC repeats {_fmt(centroid['floor_median'], digits=2)}; ratio "
+                  f"{_fmt(centroid['ratio'], digits=2)})"]
+    lines.append(f"classifier AUC {report['classifier_auc']:.3f}"
+                 + (f" (MC vs MC {floor['classifier_auc']:.3f})" if floor else ""))
+    return lines
+
+
+def _fmt(value: float | None, interval: list[float] | None = None, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    if interval is not None:
+        text += f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+    return text
+
+
 def render_html(report: dict, figures: list[str]) -> str:
     """A self-contained page showing the headline, the main metrics and the plots."""
-    headline = report["headline"]
-    floor = report.get("floor")
-    rows = [("channel-WS mean (photons)",
-             f"{headline['ws_mean']:.3f} &plusmn; {headline['ws_mean_std']:.3f}",
-             f"{floor['ws_mean']:.3f}" if floor else "n/a"),
-            ("photon-sum WS (photons)", f"{report['photon_sum']['wasserstein']:.3f}",
-             f"{floor['photon_sum']['wasserstein']:.3f}" if floor else "n/a"),
-            ("photon-sum KS", f"{report['photon_sum']['ks']:.3f}",
-             f"{floor['photon_sum']['ks']:.3f}" if floor else "n/a"),
-            ("classifier AUC (0.5 = indistinguishable)", f"{report['classifier_auc']:.3f}", "")]
+    headline, floor, paired = report["headline"], report.get("floor"), report["paired"]
+    centroid = paired["centroid_distance"]
+    rows = [(f"channel-WS mean (photons, {headline['convention']} channels; 95 % interval)",
+             _fmt(headline["ws_mean"], headline["ws_mean_ci95"]),
+             _fmt(headline["floor_ws_mean"], headline["floor_ci95"])),
+            ("model / floor (1 = as good as the simulation)",
+             _fmt(headline["ratio"], headline["ratio_ci95"], 2), ""),
+            ("median centroid distance per particle (fibres)",
+             _fmt(centroid["model_median"], digits=2), _fmt(centroid["floor_median"], digits=2)),
+            ("photon-sum WS (photons)", _fmt(report["photon_sum"]["wasserstein"]),
+             _fmt(floor["photon_sum"]["wasserstein"]) if floor else "n/a"),
+            ("photon-sum KS", _fmt(report["photon_sum"]["ks"]),
+             _fmt(floor["photon_sum"]["ks"]) if floor else "n/a"),
+            ("classifier AUC (0.5 = indistinguishable)", _fmt(report["classifier_auc"]),
+             _fmt(floor["classifier_auc"]) if floor else "n/a")]
     table = "".join(f"<tr><td>{html.escape(a)}</td><td>{b}</td><td>{c}</td></tr>"
                     for a, b, c in rows)
     status = "PASSED" if report["passed"] else "FAILED: " + html.escape(
@@ -279,8 +472,9 @@ def render_html(report: dict, figures: list[str]) -> str:
                      'style="max-width:100%">' for name in figures)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>ExpertSim validation"
             f"</title></head><body><h1>ExpertSim validation</h1><p>reference "
-            f"{html.escape(report['reference'])} ({report['n_reference']} events); "
+            f"{html.escape(report['reference'])} ({report['n_reference']} events, "
+            f"{report['design']} design, {report['n_pairs']} particles scored); "
             f"{len(report['generated'])} generation(s); thresholds: {status}</p>"
             f"<table border='1' cellpadding='4'><tr><th>metric</th><th>generated vs MC</th>"
-            f"<th>MC noise floor</th></tr>{table}</table>{images}"
+            f"<th>MC vs MC (floor)</th></tr>{table}</table>{images}"
             f"<p>All numbers: <a href='metrics.json'>metrics.json</a></p></body></html>")

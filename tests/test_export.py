@@ -59,11 +59,12 @@ def spread_routing(model_path):
     return model_path
 
 
-@pytest.fixture(scope="module", params=["zn", "zp"])
+@pytest.fixture(scope="module", params=["zn", "zp", "zn-positional"])
 def exported(request, tmp_path_factory):
-    data = request.getfixturevalue(f"{request.param}_file")
+    detector, _, conditioning = request.param.partition("-")
+    data = request.getfixturevalue(f"{detector}_file")
     folder = tmp_path_factory.mktemp(f"export_{request.param}")
-    model = spread_routing(make_model(data, folder))
+    model = spread_routing(make_model(data, folder, conditioning or "plain"))
     result = CliRunner().invoke(main, ["export", "--model", str(model), "--format", "onnx",
                                        "-o", str(folder / "onnx"), "--check-events", "300"])
     assert result.exit_code == 0, result.output

@@ -74,3 +74,34 @@ def test_utilisation_entropy_and_load_balancing():
     assert losses.utilisation_entropy(one_hot).item() == pytest.approx(math.log(3), rel=1e-5)
     assert losses.load_balancing(uniform, uniform).item() == pytest.approx(1.0)
     assert losses.load_balancing(one_hot, one_hot).item() == pytest.approx(9.0)
+
+
+def test_counting_step_draws_poisson_counts_with_a_straight_through_gradient():
+    from expertsim.models.counting import counted_log_image, poisson_from_uniform
+
+    generator = torch.Generator().manual_seed(0)
+    for mean in (0.3, 4.0, 60.0):  # exact inverse CDF, and the normal approximation
+        counts = poisson_from_uniform(torch.full((100_000,), mean),
+                                      torch.rand(100_000, generator=generator))
+        assert torch.equal(counts, counts.round()) and counts.min() >= 0
+        assert abs(counts.mean().item() - mean) < 0.02 * mean + 0.01
+        assert abs(counts.var().item() - mean) < 0.05 * mean + 0.01
+    log_image = torch.log1p(torch.tensor([[0.0, 0.4, 7.5]])).requires_grad_()
+    uniform = torch.tensor([[0.5, 0.9, 0.5]])
+    seen = counted_log_image(log_image, uniform)
+    counts = torch.expm1(seen.detach())
+    torch.testing.assert_close(counts, counts.round())  # whole photons, as sampled
+    assert counts[0, 0] == 0  # no light where none is expected
+    seen.sum().backward()
+    expected = torch.expm1(log_image.detach())
+    # d log(1 + lambda + (k - lambda)) / d lambda * d lambda / d x = (1 + lambda) / (1 + k)
+    torch.testing.assert_close(log_image.grad, (1 + expected) / (1 + counts))
+
+
+def test_pixel_likelihood_is_zero_for_the_true_expectation_and_grows_away_from_it():
+    real = torch.log1p(torch.tensor([[[0.0, 3.0], [10.0, 1.0]]]))
+    exact = losses.pixel_likelihood(real, real, floor=0.0)
+    assert exact.abs().max() < 1e-5
+    for factor in (0.5, 2.0):
+        fake = torch.log1p(torch.expm1(real) * factor + 0.01)
+        assert losses.pixel_likelihood(fake, real).item() > 0.1

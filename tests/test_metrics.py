@@ -65,3 +65,32 @@ def test_auc_identical_and_separable_sets(rng):
     assert metrics.classifier_auc(shifted, same_b, seed=1) > 0.8
     assert metrics.classifier_auc(shifted, same_b, seed=1) == metrics.classifier_auc(
         shifted, same_b, seed=1)
+
+
+def test_half_sampling_error_matches_the_spread_of_independent_samples():
+    """The half-sampling standard error of a Wasserstein distance between two samples of one
+    distribution (a floor, the hardest case: bias-dominated) agrees with the spread of the
+    statistic over independent repetitions, and so does that of a shifted pair."""
+    rng = np.random.default_rng(7)
+    n = 1000
+    for shift in (0.0, 0.5):
+        def draw():
+            return rng.gamma(2.0, 10.0, n), rng.gamma(2.0, 10.0, n) * (1 + shift)
+        truth = np.std([metrics.wasserstein_distance(*draw()) for _ in range(300)], ddof=1)
+        estimates = []
+        for _ in range(8):
+            a, b = draw()
+            estimates.append(metrics.half_sample_standard_error(
+                lambda index: metrics.wasserstein_distance(a[index], b[index]), n, n_draws=100,
+                seed=len(estimates)))
+        assert 0.7 * truth < np.median(estimates) < 1.4 * truth, (shift, truth, estimates)
+
+
+def test_repeat_pairs_and_paired_distances():
+    a, b = metrics.repeat_pairs(np.array([3, 3, 5, 8, 8, 8]))
+    assert a.tolist() == [0, 3] and b.tolist() == [1, 4]
+    shapes = {"centroid_x": np.array([1.0, np.nan]), "centroid_y": np.array([0.0, np.nan]),
+              "width_x": np.array([1.0, np.nan]), "width_y": np.array([1.0, np.nan])}
+    other = {**shapes, "centroid_x": np.array([4.0, 1.0])}
+    distances = metrics.paired_shape_distances(shapes, other)
+    assert distances["centroid_distance"][0] == 3.0 and np.isnan(distances["centroid_distance"][1])

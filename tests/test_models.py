@@ -5,11 +5,13 @@ from expertsim.models import (ExpertDiscriminator, ExpertGenerator, MixtureOfExp
                               gumbel_route)
 
 
+@pytest.mark.parametrize("conditioning", ["plain", "positional"])
 @pytest.mark.parametrize("shape", [(44, 44), (56, 30)])
-def test_dispatch_modes_give_the_same_images_and_gradients(shape):
+def test_dispatch_modes_give_the_same_images_and_gradients(shape, conditioning):
     torch.manual_seed(0)
-    generator = ExpertGenerator(3, shape, channels=8)
-    discriminator = ExpertDiscriminator(3, shape, channels=4, features=16)
+    generator = ExpertGenerator(3, shape, channels=8, conditioning=conditioning)
+    discriminator = ExpertDiscriminator(3, shape, channels=4, features=16,
+                                        conditioning=conditioning)
     z, c = torch.randn(7, 10), torch.randn(7, 9)
     expert = torch.tensor([0, 2, 2, 1, 0, 2, 2])
     results = {}
@@ -56,11 +58,13 @@ def test_inference_is_deterministic_given_the_noise():
     assert (first >= 0).all()
 
 
-def test_inference_grouping_matches_the_training_dispatch_and_chunking_changes_nothing():
+@pytest.mark.parametrize("conditioning", ["plain", "positional"])
+def test_inference_grouping_matches_the_training_dispatch_and_chunking_changes_nothing(
+        conditioning):
     """MixtureOfExperts runs each expert's group through plain layers; the images must be the
     ones the trained dispatch paths give, whatever the chunk size, with empty experts too."""
     torch.manual_seed(4)
-    generator = ExpertGenerator(3, (44, 44), channels=8)
+    generator = ExpertGenerator(3, (44, 44), channels=8, conditioning=conditioning)
     mixture = MixtureOfExperts(Router(3), generator).eval()
     with torch.no_grad():
         mixture.router.net[-1].weight.mul_(20)  # spread the events over the experts
@@ -75,3 +79,36 @@ def test_inference_grouping_matches_the_training_dispatch_and_chunking_changes_n
     assert torch.equal(chunked_experts, experts)
     one, _ = mixture.generate(z[:1], c[:1])  # two of three experts get no event
     torch.testing.assert_close(one, image[:1], rtol=1e-5, atol=1e-5)
+
+
+def test_positional_conditioning_draws_where_its_centre_says():
+    """The centred coordinate channels move with the predicted centre: a generator whose last
+    convolution reads only them draws its brightest fibre at the centre the head predicts."""
+    from expertsim.models.conditioning import ConditionFeatures, centred_coordinates
+
+    torch.manual_seed(5)
+    maps = centred_coordinates(torch.zeros(2, 1, 44, 44), torch.tensor([[0.0, 0.0], [0.5, -0.5]]),
+                               (44, 44), (44, 44))
+    distance = maps[:, 1] ** 2 + maps[:, 2] ** 2
+    nearest = [divmod(int(d.argmin()), 44) for d in distance]
+    assert nearest[0] in {(21, 21), (21, 22), (22, 21), (22, 22)}
+    assert nearest[1] in {(32, 10), (32, 11), (33, 10), (33, 11)}
+    # derived features: the impact point of a straight line from the vertex at 112.5 m
+    features = ConditionFeatures()
+    mean = torch.tensor([1000.0, 0, 0, 0, 0, 0, 0, 939.6, 0])
+    features.set_scaler(mean, torch.ones(9))
+    raw = torch.tensor([[2500.0, 0.1, 0.0, 0.0, 2500 * 2e-4, 0.0, 2500.0, 939.6, 0.0]])
+    derived = features(raw - mean)
+    assert derived.shape == (1, 15)
+    torch.testing.assert_close(derived[0, 9],
+                               torch.asinh(torch.tensor((0.1 + 2e-4 * 11250.0) / 10.0)))
+
+
+def test_the_router_bias_rebalances_and_old_files_load_without_it():
+    router = Router(3)
+    router.balance_bias_E.fill_(0.0)
+    router.rebalance(torch.tensor([0.8, 0.15, 0.05]), rate=0.1)
+    torch.testing.assert_close(router.balance_bias_E, torch.tensor([-0.14, 0.055, 0.085]))
+    state = {k: v for k, v in Router(3).state_dict().items() if k != "balance_bias_E"}
+    router.load_state_dict(state)  # a model file written before the bias existed
+    assert torch.equal(router.balance_bias_E, torch.zeros(3))

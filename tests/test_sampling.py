@@ -1,5 +1,7 @@
 """expertsim sample / merge on a model trained here for a few steps."""
 
+import dataclasses
+
 import h5py
 import numpy as np
 import pytest
@@ -13,11 +15,14 @@ from expertsim.sampling import Shard, merge_shards, sample_to_file
 from tests.test_trainer import tiny_config
 
 
-def make_model(data, output):
+def make_model(data, output, conditioning="plain"):
     """A model file trained for 3 steps on ``data``, its output lifted to real photons."""
     from expertsim.trainer import Trainer
 
-    trainer = Trainer(tiny_config(data, output, max_steps=3))
+    config = tiny_config(data, output, max_steps=3)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model,
+                                                                   conditioning=conditioning))
+    trainer = Trainer(config)
     trainer.fit()
     # After 3 steps every fibre would round to 0 photons; lift the output so that the noise
     # visibly matters (these tests check the sampling mechanics, not fidelity).

@@ -158,3 +158,23 @@ def test_multithreaded_training_is_reproducible(zn_file, tmp_path):
     torch.set_num_threads(1)
     for key, tensor in runs[0].items():
         assert torch.equal(tensor, runs[1][key]), key
+
+
+@pytest.mark.slow
+def test_balanced_routing_keeps_every_expert_alive(zn_file, tmp_path):
+    """A router pushed to send nearly everything to expert 0 (a collapsed mixture): with
+    balanced routing the three experts each end with >= 10 % of the events, in training and
+    at inference; without it an expert stays starved."""
+    fractions = {}
+    for rate in (0.0, 0.3):
+        trainer = Trainer(tiny_config(zn_file, tmp_path / str(rate), max_steps=40,
+                                      balance_rate=rate, epochs=20))
+        with torch.no_grad():
+            trainer.router.balance_bias_E.copy_(torch.tensor([6.0, 0.0, 0.0]))
+        history = trainer.fit().history
+        trained = [np.mean([h[f"train/expert_fraction_{e}"] for h in history[-10:]])
+                   for e in range(3)]
+        validation = trainer.validate()
+        fractions[rate] = (trained, [validation[f"val/expert_fraction_{e}"] for e in range(3)])
+    assert min(fractions[0.3][0]) >= 0.1 and min(fractions[0.3][1]) >= 0.1, fractions
+    assert min(fractions[0.0][1]) < 0.1, fractions

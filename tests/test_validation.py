@@ -43,8 +43,18 @@ def run_validate(*args):
 
 def assert_complete(report):
     """Every number metrics.json documents is present and finite."""
-    assert report["schema_version"] == 1
-    numbers = [report["headline"]["ws_mean"], report["headline"]["ws_mean_std"],
+    assert report["schema_version"] == 2 and report["design"] == "matched"
+    headline = report["headline"]
+    numbers = [headline["ws_mean"], headline["ws_mean_std"], headline["floor_ws_mean"],
+               headline["ratio"], *headline["ws_mean_ci95"], *headline["floor_ci95"],
+               *headline["ratio_ci95"], report["floor"]["classifier_auc"],
+               *report["uncertainty"]["se"].values(),
+               *report["uncertainty"]["disjoint_quarters_se"].values(),
+               report["paired"]["centroid_distance"]["model_median"],
+               report["paired"]["centroid_distance"]["floor_median"],
+               report["paired"]["width_difference"]["ratio"],
+               *[entry[key] for entry in report["headline_by_convention"].values()
+                 for key in ("ws_mean", "floor_ws_mean", "ratio")],
                *report["headline"]["ws_channels"], report["photon_sum"]["wasserstein"],
                report["photon_sum"]["ks"], report["classifier_auc"],
                report["fraction_empty"]["generated"], report["fraction_empty"]["reference"],
@@ -55,6 +65,11 @@ def assert_complete(report):
     numbers += [entry["ws_mean"] for entry in report["per_expert"].values()]
     numbers += [entry["ws_mean"] for entry in report["per_group"].values()]
     assert len(report["headline"]["ws_channels"]) == 5
+    assert set(report["headline_by_convention"]) == {"o2-debug", "expertsim-paper", "o2-hits"}
+    assert report["headline_by_convention"]["o2-debug"]["ws_mean"] == pytest.approx(
+        report["headline"]["ws_mean"]) or len(report["generated"]) > 1
+    low, high = headline["ws_mean_ci95"]
+    assert low < headline["ws_mean"] < high
     assert all(np.isfinite(numbers)), numbers
     assert isinstance(report["passed"], bool)
 
@@ -67,12 +82,14 @@ def test_report_has_every_documented_number(reference, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert_complete(report)
-    assert report["per_expert"]["0"]["n"] == 6000 and set(report["per_group"]) == {"0", "1", "2"}
+    # matched design: each particle's generation on MC A is scored against MC B
+    assert report["n_pairs"] == 3000 and report["per_expert"]["0"]["n"] == 3000
+    assert set(report["per_group"]) == {"0", "1", "2"}
     assert len(report["response_vs_energy"]["edges_gev"]) == 9
     for name in ("channels.png", "mean_images.png", "examples.png", "response_energy.png"):
         assert (tmp_path / "report" / name).stat().st_size > 5000
     page = (tmp_path / "report" / "index.html").read_text()
-    assert "channels.png" in page and "MC noise floor" in page
+    assert "channels.png" in page and "MC vs MC (floor)" in page
 
 
 @pytest.mark.slow
@@ -89,6 +106,13 @@ def test_a_faithful_generator_sits_at_the_floor_and_a_wrong_one_fails(reference,
     bad_report = json.loads((tmp_path / "bad" / "metrics.json").read_text())
     floor = good_report["floor"]["ws_mean"]
     assert good_report["headline"]["ws_mean"] < 2 * floor + 1.0
+    # an independent simulation is as good as the floor: on matched terms its ratio interval
+    # holds 1 (the old N-vs-N against N/2-vs-N/2 comparison gave ~0.7), and it puts showers
+    # where the MC does
+    low, high = good_report["headline"]["ratio_ci95"]
+    assert low < 1.0 < high, good_report["headline"]
+    assert 0.8 < good_report["paired"]["centroid_distance"]["ratio"] < 1.25
+    assert bad_report["headline"]["ratio"] > 3
     assert bad_report["headline"]["ws_mean"] > 5 * good_report["headline"]["ws_mean"]
     assert bad_report["classifier_auc"] > 0.75 > good_report["classifier_auc"]
     assert ok.exit_code == 0, ok.output
@@ -154,3 +178,28 @@ def test_end_to_end_simulate_train_smoke_validate(tmp_path, monkeypatch):
     for name in ("channels.png", "mean_images.png", "examples.png", "response_energy.png",
                  "index.html"):
         assert (tmp_path / "report" / name).stat().st_size > 1000
+
+
+def test_the_lookup_table_finds_the_nearest_training_event_of_the_same_species(reference,
+                                                                                 tmp_path):
+    from expertsim.eventfile import EventFile
+    from expertsim.lookup import nearest_training_rows
+
+    with EventFile(reference) as events:
+        train = events.rows("train")
+        conditions, pdg = events.conditions(), events.pdg()
+        split = events.split_labels()
+    # a training particle finds itself (or its repeat, with identical conditions)
+    found = nearest_training_rows(reference, conditions[train[:50]], pdg[train[:50]])
+    np.testing.assert_array_equal(conditions[found], conditions[train[:50]])
+    # a test particle finds a training event of its own species
+    test = np.flatnonzero(split == 2)[:200]
+    found = nearest_training_rows(reference, conditions[test], pdg[test])
+    assert (split[found] == 0).all() and np.array_equal(pdg[found], pdg[test])
+
+    result = run_validate("--lookup", reference, "--reference", reference, "--split", "test",
+                          "--min-photon-sum", 1, "-o", tmp_path / "lookup")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "lookup" / "metrics.json").read_text())
+    assert report["design"] == "matched" and len(report["generated"]) == 1
+    assert report["headline"]["ratio"] > 0 and "MC floor" in result.output

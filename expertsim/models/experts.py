@@ -6,9 +6,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from expertsim.models.conditioning import (N_CONDITIONS, N_DERIVED, ConditionFeatures,
+                                           centred_coordinates)
 from expertsim.models.layers import ExpertConv2d, ExpertLinear
 
-N_CONDITIONS = 9
+CONDITIONINGS = ("plain", "positional")
+POSITION_HIDDEN = 32
+
+
+class _PositionHead(nn.Module):
+    """Per expert: conditioning features (B, F) -> shower centre (B, 2) (row, column) in units
+    of the image half-size, 0 at the image centre."""
+
+    def __init__(self, n_experts: int, in_features: int) -> None:
+        super().__init__()
+        self.hidden = ExpertLinear(n_experts, in_features, POSITION_HIDDEN)
+        self.out = ExpertLinear(n_experts, POSITION_HIDDEN, 2)
+
+    def draw(self, features_BF: torch.Tensor, apply) -> torch.Tensor:
+        return apply(self.out, F.leaky_relu(apply(self.hidden, features_BF), 0.2))
+
+
+def _conditioning(kind: str) -> tuple[ConditionFeatures | None, int, int]:
+    """(feature module or None, features per event, extra coordinate channels)."""
+    if kind not in CONDITIONINGS:
+        raise ValueError(f"conditioning {kind!r} is not one of {CONDITIONINGS}")
+    if kind == "plain":
+        return None, N_CONDITIONS, 0
+    return ConditionFeatures(), N_CONDITIONS + N_DERIVED, 2
 
 
 class ExpertGenerator(nn.Module):
@@ -16,22 +41,27 @@ class ExpertGenerator(nn.Module):
 
     (z_BZ, c_BK) -> dense -> (2C, H/4, W/4) -> [upsample x2, 3x3 conv] x2 -> 3x3 conv -> ReLU,
     cropped to (H, W). forward(z_BZ, c_BK, expert_B) -> images_BHW in log(1 + photons) >= 0
-    (exact zeros allowed), each event drawn by its expert.
+    (exact zeros allowed), each event drawn by its expert. With ``conditioning="positional"``
+    the conditions are extended by ConditionFeatures and every convolution also sees each
+    pixel's position relative to a centre predicted from them (expertsim.models.conditioning).
     """
 
     def __init__(self, n_experts: int, image_shape: tuple[int, int], noise_dim: int = 10,
-                 channels: int = 32, dispatch: str = "gather") -> None:
+                 channels: int = 32, dispatch: str = "gather", conditioning: str = "plain"
+                 ) -> None:
         super().__init__()
         self.n_experts, self.image_shape, self.noise_dim = n_experts, tuple(image_shape), noise_dim
         self.dispatch = dispatch
         rows, cols = image_shape
         self.seed_shape = (-(-rows // 4), -(-cols // 4))
         self.channels = channels
-        self.dense = ExpertLinear(n_experts, noise_dim + N_CONDITIONS,
+        self.features, n_features, extra = _conditioning(conditioning)
+        self.position = _PositionHead(n_experts, n_features) if extra else None
+        self.dense = ExpertLinear(n_experts, noise_dim + n_features,
                                   2 * channels * self.seed_shape[0] * self.seed_shape[1])
-        self.conv1 = ExpertConv2d(n_experts, 2 * channels, channels)
-        self.conv2 = ExpertConv2d(n_experts, channels, channels // 2)
-        self.conv_out = ExpertConv2d(n_experts, channels // 2, 1)
+        self.conv1 = ExpertConv2d(n_experts, 2 * channels + extra, channels)
+        self.conv2 = ExpertConv2d(n_experts, channels + extra, channels // 2)
+        self.conv_out = ExpertConv2d(n_experts, channels // 2 + extra, 1)
 
     def forward(self, z_BZ: torch.Tensor, c_BK: torch.Tensor, expert_B: torch.Tensor
                 ) -> torch.Tensor:
@@ -44,15 +74,24 @@ class ExpertGenerator(nn.Module):
         return self._draw(z_BZ, c_BK, lambda layer, x: layer.single(x, expert))
 
     def _draw(self, z_BZ: torch.Tensor, c_BK: torch.Tensor, apply) -> torch.Tensor:
-        h = F.leaky_relu(apply(self.dense, torch.cat([z_BZ, c_BK], dim=1)), 0.2)
+        f_BF = c_BK if self.features is None else self.features(c_BK)
+        h = F.leaky_relu(apply(self.dense, torch.cat([z_BZ, f_BF], dim=1)), 0.2)
         h = h.view(-1, 2 * self.channels, *self.seed_shape)
+        centre_B2 = None if self.position is None else self.position.draw(f_BF, apply)
         h = F.interpolate(h, scale_factor=2.0, mode="nearest")
-        h = F.leaky_relu(apply(self.conv1, h), 0.2)
+        h = F.leaky_relu(apply(self.conv1, self._place(h, centre_B2)), 0.2)
         h = F.interpolate(h, scale_factor=2.0, mode="nearest")
-        h = F.leaky_relu(apply(self.conv2, h), 0.2)
-        images_BHW = F.relu(apply(self.conv_out, h)).squeeze(1)
+        h = F.leaky_relu(apply(self.conv2, self._place(h, centre_B2)), 0.2)
+        images_BHW = F.relu(apply(self.conv_out, self._place(h, centre_B2))).squeeze(1)
         rows, cols = self.image_shape
         return images_BHW[:, :rows, :cols]
+
+    def _place(self, h: torch.Tensor, centre_B2: torch.Tensor | None) -> torch.Tensor:
+        """Positional conditioning: append coordinates relative to the predicted centre."""
+        if centre_B2 is None:
+            return h
+        canvas = (4 * self.seed_shape[0], 4 * self.seed_shape[1])
+        return centred_coordinates(h, centre_B2, self.image_shape, canvas)
 
 
 class ExpertDiscriminator(nn.Module):
@@ -64,24 +103,32 @@ class ExpertDiscriminator(nn.Module):
     """
 
     def __init__(self, n_experts: int, image_shape: tuple[int, int], channels: int = 16,
-                 features: int = 64, dispatch: str = "gather") -> None:
+                 features: int = 64, dispatch: str = "gather", conditioning: str = "plain"
+                 ) -> None:
         super().__init__()
-        self.dispatch = dispatch
-        self.conv1 = ExpertConv2d(n_experts, 1, channels, stride=2)
+        self.dispatch, self.image_shape = dispatch, tuple(image_shape)
+        self.features, n_features, extra = _conditioning(conditioning)
+        self.position = _PositionHead(n_experts, n_features) if extra else None
+        self.conv1 = ExpertConv2d(n_experts, 1 + extra, channels, stride=2)
         self.conv2 = ExpertConv2d(n_experts, channels, 2 * channels, stride=2)
         self.conv3 = ExpertConv2d(n_experts, 2 * channels, 2 * channels, stride=2)
         rows, cols = image_shape
         for _ in range(3):
             rows, cols = (rows + 1) // 2, (cols + 1) // 2
-        self.hidden = ExpertLinear(n_experts, 2 * channels * rows * cols + N_CONDITIONS, features)
+        self.hidden = ExpertLinear(n_experts, 2 * channels * rows * cols + n_features, features)
         self.head = ExpertLinear(n_experts, features, 1)
 
     def forward(self, x_BHW: torch.Tensor, c_BK: torch.Tensor, expert_B: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         mode = self.dispatch
-        h = F.leaky_relu(self.conv1(x_BHW.unsqueeze(1), expert_B, mode), 0.2)
+        f_BF = c_BK if self.features is None else self.features(c_BK)
+        h = x_BHW.unsqueeze(1)
+        if self.position is not None:
+            centre_B2 = self.position.draw(f_BF, lambda layer, x: layer(x, expert_B, mode))
+            h = centred_coordinates(h, centre_B2, self.image_shape, self.image_shape)
+        h = F.leaky_relu(self.conv1(h, expert_B, mode), 0.2)
         h = F.leaky_relu(self.conv2(h, expert_B, mode), 0.2)
         h = F.leaky_relu(self.conv3(h, expert_B, mode), 0.2)
-        h_BI = torch.cat([h.flatten(1), c_BK], dim=1)
+        h_BI = torch.cat([h.flatten(1), f_BF], dim=1)
         features_BF = F.leaky_relu(self.hidden(h_BI, expert_B, mode), 0.2)
         return self.head(features_BF, expert_B, mode).squeeze(1), features_BF

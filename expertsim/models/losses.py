@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 EPS = 1e-8
 DIVERSITY_FLOOR = 0.1
+PIXEL_FLOOR = 0.05  # photons added to the expectation in pixel_likelihood
 
 
 def discriminator_adversarial(real_logits_B: torch.Tensor, fake_logits_B: torch.Tensor
@@ -51,6 +52,23 @@ def intensity(fake_BHW: torch.Tensor, real_BHW: torch.Tensor) -> torch.Tensor:
     return (fake_sum_B - real_sum_B).abs()
 
 
+def pixel_likelihood(fake_BHW: torch.Tensor, real_BHW: torch.Tensor,
+                     floor: float = PIXEL_FLOOR) -> torch.Tensor:
+    """Poisson deviance of the real counts x under the generated expectation lambda, per
+    fibre and averaged over the fibres, per event: lambda - x + x log(x / lambda) (0 when
+    lambda = x); both images are log(1 + photons). ``floor`` photons are added to lambda so
+    that a fibre the generator leaves dark does not give an unbounded gradient.
+
+    A conditional-GAN anchor (as an L1 term in image-to-image GANs): it pulls the expectation
+    towards the real response of the same particle, which teaches where and how wide a shower
+    is far sooner than the adversarial game; the adversarial term keeps the fluctuations.
+    """
+    expected = torch.expm1(fake_BHW.float()) + floor
+    counts = torch.expm1(real_BHW.float())
+    deviance = expected - counts + torch.xlogy(counts, counts) - torch.xlogy(counts, expected)
+    return deviance.mean(dim=(1, 2))
+
+
 def auxiliary(predicted_B2: torch.Tensor, true_B2: torch.Tensor, valid_B: torch.Tensor
               ) -> torch.Tensor:
     """MSE between the regressor's brightest-fibre position on G's image and the true one.
@@ -81,19 +99,24 @@ def router_gan_feedback(gates_BE: torch.Tensor, expert_loss_B: torch.Tensor) -> 
     return routed_gate_B * expert_loss_B.detach()
 
 
-def expert_differentiation(mean_features_EF: torch.Tensor) -> torch.Tensor:
+def expert_differentiation(mean_features_EF: torch.Tensor,
+                           used_E: torch.Tensor | None = None) -> torch.Tensor:
     """Mean pairwise cosine similarity of the experts' mean discriminator features.
 
     ``mean_features_EF`` is each expert's gate-weighted mean feature vector over the events
-    routed to it. Penalises experts whose outputs look alike; 0 for a single expert.
+    routed to it; ``used_E`` (bool) marks the experts that received events: pairs with an
+    unused expert do not count (its "mean" has no events, only a gradient). Penalises experts
+    whose outputs look alike; 0 with fewer than two used experts.
     """
     n_experts = mean_features_EF.shape[0]
     if n_experts < 2:
         return mean_features_EF.sum() * 0.0
     unit_EF = F.normalize(mean_features_EF.float(), dim=1)
     similarity_EE = unit_EF @ unit_EF.T
-    off_diagonal = ~torch.eye(n_experts, dtype=torch.bool, device=unit_EF.device)
-    return similarity_EE[off_diagonal].mean()
+    pairs_EE = ~torch.eye(n_experts, dtype=torch.bool, device=unit_EF.device)
+    if used_E is not None:
+        pairs_EE = pairs_EE & used_E.unsqueeze(0) & used_E.unsqueeze(1)
+    return (similarity_EE * pairs_EE).sum() / pairs_EE.sum().clamp(min=1)
 
 
 def utilisation_entropy(mean_probs_E: torch.Tensor) -> torch.Tensor:

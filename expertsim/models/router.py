@@ -6,11 +6,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from expertsim.models.experts import N_CONDITIONS, ExpertGenerator
+from expertsim.models.conditioning import N_CONDITIONS
+from expertsim.models.experts import ExpertGenerator
 
 
 class Router(nn.Module):
-    """MLP on the scaled conditions: c_BK -> logits_BE."""
+    """MLP on the scaled conditions: c_BK -> logits_BE.
+
+    ``balance_bias_E`` (a buffer, not trained by gradients) is added to the logits. The
+    trainer's balanced routing (train.balance_rate > 0) moves it after every step towards the
+    experts that received fewer events than an equal share, so the routing decisions, in
+    training and at inference alike, stay balanced without a loss term that fights the router's
+    other objectives (auxiliary-loss-free load balancing, Wang et al. 2024, arXiv 2408.15664).
+    Zero, it changes nothing; model files written before it existed load with zeros.
+    """
 
     def __init__(self, n_experts: int, hidden: int = 64) -> None:
         super().__init__()
@@ -19,9 +28,21 @@ class Router(nn.Module):
             nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
             nn.Linear(hidden, n_experts),
         )
+        self.register_buffer("balance_bias_E", torch.zeros(n_experts))
+        self.register_load_state_dict_pre_hook(_zero_bias_if_missing)
 
     def forward(self, c_BK: torch.Tensor) -> torch.Tensor:
-        return self.net(c_BK)
+        return self.net(c_BK) + self.balance_bias_E
+
+    @torch.no_grad()
+    def rebalance(self, fraction_E: torch.Tensor, rate: float) -> None:
+        """Raise the bias of experts routed less than 1/E of the events, lower the others',
+        in proportion to the shortfall: bias_e += rate * (1 - E * fraction_e)."""
+        self.balance_bias_E += rate * (1.0 - len(fraction_E) * fraction_E)
+
+
+def _zero_bias_if_missing(module, state_dict, prefix, *_) -> None:
+    state_dict.setdefault(prefix + "balance_bias_E", torch.zeros_like(module.balance_bias_E))
 
 
 def gumbel_route(logits_BE: torch.Tensor, gumbel_BE: torch.Tensor, temperature: float

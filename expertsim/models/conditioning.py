@@ -1,0 +1,88 @@
+"""Conditioning that lets convolutional networks put a shower where the particle hits.
+
+A convolution is translation-equivariant: it maps a coordinate to a place poorly when the
+coordinate only enters through a dense layer. Two remedies, used together by the
+``positional`` conditioning of the experts and discriminators:
+
+- :class:`ConditionFeatures` adds quantities derived from the raw conditions to the nine scaled
+  ones: the direction (px/|pz|, py/|pz|), the straight-line impact point at the calorimeter's
+  distance, the bending power q/p and log E. The raw values are recovered inside the network
+  from the scaler (stored as buffers), so the network's inputs stay the nine scaled conditions
+  (ALICE O2's ONNX contract). The raw nine stay among the features: files that give the
+  vertex at the production point or at the face both leave the network what it needs.
+- :func:`centred_coordinates` gives a convolution two extra input channels: each pixel's
+  position relative to a centre (row, column) that a small head predicts from the features,
+  so drawing a shower around a place is a local, translation-equivariant operation.
+
+Legend: B events, K = 9 conditions, D derived features, H x W image.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+N_CONDITIONS = 9
+N_DERIVED = 6
+DISTANCE_CM = 11250.0  # interaction point to the ZDC faces, ~112.5 m (ALICE ZDC)
+LENGTH_SCALE_CM = 10.0  # impact coordinates in units of the calorimeters' size (7-22 cm)
+
+
+class ConditionFeatures(nn.Module):
+    """c_BK (scaled) -> (B, K + D): the scaled conditions, then asinh of x and y of the
+    straight-line impact at ``DISTANCE_CM`` (in ``LENGTH_SCALE_CM``: linear across the
+    calorimeters, compressed far outside them), asinh of the angles in mrad, asinh of q/p in
+    1/TeV and log(E / GeV). Every feature stays of order 1-10 whatever the input, so float32
+    rounding is not amplified (a particle with pz ~ 0 would otherwise project to ~1e6)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean_K", torch.zeros(N_CONDITIONS))
+        self.register_buffer("scale_K", torch.ones(N_CONDITIONS))
+
+    def set_scaler(self, mean_K, scale_K) -> None:
+        """Store the condition scaler the inputs are standardised with (raw = c * scale +
+        mean); part of the state dict, so a model file carries it."""
+        self.mean_K.copy_(torch.as_tensor(mean_K, dtype=torch.float32))
+        self.scale_K.copy_(torch.as_tensor(scale_K, dtype=torch.float32))
+
+    def forward(self, c_BK: torch.Tensor) -> torch.Tensor:
+        raw_BK = c_BK * self.scale_K + self.mean_K
+        energy, vx, vy, vz, px, py, pz, _, charge = raw_BK.unbind(1)
+        side = torch.where(pz < 0, -torch.ones_like(pz), torch.ones_like(pz))
+        abs_pz = pz.abs().clamp(min=1e-6)
+        tx, ty = px / abs_pz, py / abs_pz
+        path = DISTANCE_CM - side * vz
+        momentum = torch.sqrt(px * px + py * py + pz * pz).clamp(min=1e-6)
+        derived_BD = torch.stack([
+            _asinh((vx + tx * path) / LENGTH_SCALE_CM),
+            _asinh((vy + ty * path) / LENGTH_SCALE_CM),
+            _asinh(1e3 * tx), _asinh(1e3 * ty), _asinh(1e3 * charge / momentum),
+            torch.log(energy.clamp(min=1e-3))], dim=1)
+        return torch.cat([c_BK, derived_BD], dim=1)
+
+
+def _asinh(x: torch.Tensor) -> torch.Tensor:
+    """asinh written with elementary operations (the TorchScript ONNX exporter has none)."""
+    x = x.clamp(-1e15, 1e15)
+    return torch.sign(x) * torch.log(x.abs() + torch.sqrt(x * x + 1.0))
+
+
+def centred_coordinates(feature_map: torch.Tensor, centre_B2: torch.Tensor,
+                        image_shape: tuple[int, int], covered_shape: tuple[int, int]
+                        ) -> torch.Tensor:
+    """feature_map (B, C, h, w) -> (B, C + 2, h, w): appends each cell's row and column
+    relative to ``centre_B2`` (row, column), in units of the image's half-size with 0 at the
+    image centre. The map covers ``covered_shape`` pixels from the image's top-left corner
+    (a generator's padded canvas, cropped to ``image_shape`` at the end, or the image)."""
+    batch, _, height, width = feature_map.shape
+    rows, cols = image_shape
+    full_rows, full_cols = covered_shape
+    row_grid = ((torch.arange(height, dtype=feature_map.dtype, device=feature_map.device) + 0.5)
+                * (full_rows / height)) * (2.0 / rows) - 1.0
+    col_grid = ((torch.arange(width, dtype=feature_map.dtype, device=feature_map.device) + 0.5)
+                * (full_cols / width)) * (2.0 / cols) - 1.0
+    u = row_grid.view(1, 1, height, 1) - centre_B2[:, 0].view(batch, 1, 1, 1)
+    v = col_grid.view(1, 1, 1, width) - centre_B2[:, 1].view(batch, 1, 1, 1)
+    return torch.cat([feature_map, u.expand(batch, 1, height, width),
+                      v.expand(batch, 1, height, width)], dim=1)
