@@ -21,15 +21,18 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Main job on built-in data: simulate and train the 3-expert smoke model, simulate an independent
-# held-out Monte Carlo sample (every particle twice, for the noise floor), generate on its
-# conditions and validate, then export the model for ALICE O2 (ONNX, checked in ONNX Runtime);
-# ends with the headline numbers and where the report, the export and the runs are.
+# held-out Monte Carlo sample (every particle twice, for the matched noise floor), generate on its
+# conditions and validate, score the nearest-neighbour lookup table of the training events the
+# same way (the baseline to beat), then export the model for ALICE O2 (ONNX, checked in ONNX
+# Runtime); ends with the headline numbers and where the reports, the export and the runs are.
 run: setup
 	$(BIN)/expertsim train --config training/smoke.yaml
 	test -f data/smoke_zn_mc.h5 || $(BIN)/expertsim simulate --detector zn -n 10000 --repeat 2 \
 		--seed 99 -o data/smoke_zn_mc.h5
 	$(BIN)/expertsim validate --model runs/smoke/model.pt --reference data/smoke_zn_mc.h5 \
 		--min-photon-sum 1 -o runs/smoke/report
+	$(BIN)/expertsim validate --lookup data/smoke_zn.h5 --reference data/smoke_zn_mc.h5 \
+		--min-photon-sum 1 -o runs/smoke/lookup_report
 	$(BIN)/expertsim export --model runs/smoke/model.pt --format onnx -o runs/smoke/onnx
 	@echo "MLflow runs: sqlite:///mlflow.db, experiment expertsim-smoke" \
 		"(browse: pip install mlflow; mlflow ui --backend-store-uri sqlite:///mlflow.db)"

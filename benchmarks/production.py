@@ -19,7 +19,7 @@ as the sampler does. Median of --repeats timed runs after a warm-up. With CUDA p
 eager and compiled backends are timed on the GPU as well.
 
 Last, the built-in simulator's events per second on this machine, and the speed-up of each
-path against the Geant4 seconds per event that ../shared/PHYSICS.md quotes (Geant4 11.4, one
+path against the Geant4 seconds per event that SOURCES.md quotes (Geant4 11.4, one
 core, simplified geometry): those are quoted figures, not measured here.
 """
 
@@ -42,7 +42,7 @@ from expertsim import __version__
 
 BATCHES = {1: 300, 100: 3000, 10_000: 10_000}  # batch -> events per timed run
 CHUNK = 256  # ONNX Runtime calls; PyTorch chunks as MixtureOfExperts.generate does
-# ../shared/PHYSICS.md, "Monte Carlo cost": Geant4 seconds per event (low, high), quoted.
+# SOURCES.md, "Monte Carlo cost": Geant4 seconds per event (low, high), quoted.
 GEANT4_SECONDS = {
     "ZN": {"n 100 GeV": (0.40, 0.70), "n 1 TeV": (4.7, 7.3), "2.5 TeV spectator": (10, 20)},
     "ZP": {"p 100 GeV": (0.27, 0.41), "p 1 TeV": (3.0, 4.5), "2.5 TeV spectator": (10, 20)},
@@ -267,7 +267,7 @@ def print_table(report: dict) -> None:
                              for name, (low, high) in geant4.items())
         print(f"best sample rate {best['sample_events_per_s']:.0f} ev/s "
               f"({best['backend']}, {best['device']}, batch {best['batch']}); against the "
-              f"Geant4 s/event quoted in PHYSICS.md: {speedups}")
+              f"Geant4 s/event quoted in SOURCES.md: {speedups}")
     for detector, rate in report["simulator_events_per_s"].items():
         print(f"built-in parametric simulator ({detector}): {rate:,.0f} ev/s on this machine")
 

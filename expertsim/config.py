@@ -2,7 +2,7 @@
 
 Unknown keys are errors that name the key and the file; every field is validated in
 ``__post_init__`` with a message saying what to fix. Defaults are the published ones
-(PHYSICS.md) unless a comment says otherwise.
+(SOURCES.md) unless a comment says otherwise.
 """
 
 from __future__ import annotations

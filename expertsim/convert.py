@@ -1,4 +1,4 @@
-"""Converters from the formats ZDC users already have to event files (PHYSICS.md).
+"""Converters from the formats ZDC users already have to event files (SOURCES.md).
 
 Supported:
 - the flow-matching pair: ``data_nonrandom_responses.npz`` (key arr_0, N x 44 x 44 counts) and

@@ -3,7 +3,7 @@
 Image convention (both detectors): an image has shape (H, W) = (rows, columns); axis 0 (row i)
 runs along x, axis 1 (column j) along y, one pixel per quartz fibre, the value is photons
 counted. ZN is 44 x 44 fibres over 7.04 x 7.04 cm (1.6 mm pitch); ZP is 56 x 30 fibres over
-22.4 x 12 cm (4 mm pitch). Geometry figures: ../shared/PHYSICS.md (ALICE ZDC).
+22.4 x 12 cm (4 mm pitch). Geometry figures: SOURCES.md (ALICE ZDC).
 
 Readout channels: five photomultipliers. Fibres of one checkerboard parity feed the common PMT
 (channel 5), the others one of four tower PMTs (channels 1-4). Which parity goes where, and how

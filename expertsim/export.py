@@ -1,6 +1,6 @@
 """Export a trained model for ALICE O2's ZDC fast simulation (ONNX Runtime), and check it.
 
-The O2 contract (PHYSICS.md): input 0 ``noise`` (batch, 10) standard normal, input 1
+The O2 contract (SOURCES.md): input 0 ``noise`` (batch, 10) standard normal, input 1
 ``conditions`` (batch, 9) scaled as (x - mean) / scale, output 0 ``image`` (batch, H, W) in
 log(1 + photons); float32; dynamic batch. An export directory holds:
 

@@ -5,7 +5,7 @@ chunk twice per epoch. Each epoch it shuffles the order of the chunks, fills a b
 many chunks as its memory limit allows, shuffles the events inside the buffer and cuts
 batches. The shuffle depends only on (seed, epoch), so the same seed gives the same batches.
 
-Transforms (the field's standard ones, PHYSICS.md): images -> log(1 + counts), float32;
+Transforms (the field's standard ones, SOURCES.md): images -> log(1 + counts), float32;
 conditions -> (x - mean) / scale with the statistics the file stores (fitted on its train
 split). Photon-sum filters select events as the published work does (e.g. photon sum >= 1).
 

@@ -1,7 +1,7 @@
 """Physics metrics: pure functions, arrays in, numbers out.
 
 Units: channel sums and photon sums are photons; positions are fibre indices (row along x,
-column along y); energies GeV. The field's headline (PHYSICS.md) is the Wasserstein-1
+column along y); energies GeV. The field's headline (SOURCES.md) is the Wasserstein-1
 distance between generated and simulated distributions of each of the five channel sums,
 averaged over the channels. Functions warn (stacklevel 2) when a sample is too small to trust.
 """

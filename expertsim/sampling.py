@@ -9,7 +9,7 @@ Generated images are returned to counts space: the model's log(1 + photons) outp
 expected photons per fibre, expm1(output), and the counts are Poisson draws from it (seeded by
 (seed, output row), so sharding does not change them). Rounding instead would drop every fibre
 below half a photon (37 % of the photons of a smoke model); Poisson draws keep the mean and
-the photon statistics that dominate at these yields (PHYSICS.md). Sample files are whole
+the photon statistics that dominate at these yields (SOURCES.md). Sample files are whole
 photons, like Monte Carlo files, for every later stage.
 """
 

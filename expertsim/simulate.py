@@ -23,7 +23,7 @@ Chain per particle:
    leakage).
 
 Parameters are in :class:`SimulationParameters`; each field's comment gives its unit and
-source. Figures marked PHYSICS.md come from ../shared/PHYSICS.md (Geant4 table, published
+source. Figures marked SOURCES.md come from the repository's SOURCES.md (Geant4 table, published
 datasets); figures marked PDG from the Review of Particle Physics (material tables,
 'Calorimetry' review); figures marked "choice" are this model's assumptions.
 """
@@ -55,10 +55,10 @@ SPECIES = (
 class DetectorPhysics:
     """Per-detector shower and light parameters."""
 
-    length_cm: float  # absorber depth; PHYSICS.md (ZN 100 cm, ZP 150 cm)
+    length_cm: float  # absorber depth; SOURCES.md (ZN 100 cm, ZP 150 cm)
     lambda_int_cm: float  # nuclear interaction length; PDG (W 9.95 cm, brass ~15.6 cm)
     photons_per_vis_gev: float  # photons per visible GeV at the 5 % efficiency of the Geant4
-    # table; fitted to PHYSICS.md's n-in-ZN / p-in-ZP rows at 100 GeV and 1 TeV
+    # table; fitted to SOURCES.md's n-in-ZN / p-in-ZP rows at 100 GeV and 1 TeV
     had_stochastic: float  # a in sigma/E = a/sqrt(E/GeV) (+) b, hadronic; fitted to the
     had_constant: float  # table's relative rms (ZN 18 % at 100 GeV, ZP 20-35 %)
     width_scale: float  # transverse size relative to ZN (lambda_I ratio, PDG)
@@ -69,10 +69,10 @@ class SimulationParameters:
     """All parameters of the parametric ZDC Monte Carlo (units in the field comments)."""
 
     # --- source: fractions and spectra tuned (choice) so that the non-empty photon-sum
-    # quartiles come out of the order of the published ones (PHYSICS.md: ZN 12/111/510, max
+    # quartiles come out of the order of the published ones (SOURCES.md: ZN 12/111/510, max
     # 3360; ZP 2/5/18, max 2312); order of species as in SPECIES ---
     species_fractions: tuple[float, ...] = (0.035, 0.002, 0.463, 0.25, 0.09, 0.08, 0.08)
-    spectator_energy_gev: float = 2500.0  # PHYSICS.md: 2.5 TeV spectators
+    spectator_energy_gev: float = 2500.0  # SOURCES.md: 2.5 TeV spectators
     spectator_energy_rel_sigma: float = 0.05  # Fermi-motion smearing, choice
     spectator_pt_sigma_gev: float = 0.10  # per component, Fermi motion + beam divergence, choice
     photon_energy_mean_gev: float = 40.0  # exponential spectrum of forward photons, choice
@@ -84,7 +84,7 @@ class SimulationParameters:
     vertex_xy_sigma_cm: float = 0.002  # LHC luminous region ~20 um, choice
     vertex_z_sigma_cm: float = 5.0  # ALICE luminous region, choice
     # --- transport ---
-    distance_cm: float = 11250.0  # PHYSICS.md: ~112.5 m from the interaction point
+    distance_cm: float = 11250.0  # SOURCES.md: ~112.5 m from the interaction point
     magnet_kick_cm_gev: float = 19.0 * 2500.0  # x-deflection * p / q; puts 2.5 TeV p on ZP
     # --- showers ---
     em_fraction_e0_meson_gev: float = 1.0  # PDG Calorimetry (Groom): f_em = 1-(E/E0)^(m-1)
@@ -97,9 +97,9 @@ class SimulationParameters:
     em_constant: float = 0.03
     track_photons_per_cm: float = 0.02  # photons/cm of a charged primary before it showers, at
     # the published datasets' yield; choice
-    relative_efficiency: float = 1.0 / 20.0  # PHYSICS.md: published data ~15x below the table;
+    relative_efficiency: float = 1.0 / 20.0  # SOURCES.md: published data ~15x below the table;
     # 1/20 puts the 2.5 TeV spectator peak at the published ZN maximum (~3,400 photons)
-    # --- transverse profile (fit to PHYSICS.md: 44/66/86 % within 5/10/20 mm in ZN) ---
+    # --- transverse profile (fit to SOURCES.md: 44/66/86 % within 5/10/20 mm in ZN) ---
     core_fraction: float = 0.447
     core_sigma_cm: float = 0.276
     halo_scale_cm: float = 0.747

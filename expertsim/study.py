@@ -138,7 +138,8 @@ def run_study(data: str | os.PathLike, configs: list[str | os.PathLike], output_
             f"{result['headline']['ws_mean_std']:.3f}, AUC {result['classifier_auc']:.3f} "
             f"({result['wall_seconds']:.0f} s)")
         results.append(result)
-    study = summarise(results, data, output_dir, tracking_uri)
+    lookup = _lookup(data, output_dir, results, log) if results else []
+    study = summarise(results + lookup, data, output_dir, tracking_uri)
     write_text(output_dir / "study.json", json.dumps(study, indent=2))
     write_text(output_dir / "table.md", markdown_table(study))
     write_study_plots(results, output_dir)
@@ -152,6 +153,28 @@ def _reference_for(data: Path, output_dir: Path, min_photon_sum: float | None) -
     if not path.exists():
         select_reference(data, path, split="test", min_photon_sum=min_photon_sum)
     return path
+
+
+def _lookup(data: Path, output_dir: Path, results: list[dict], log) -> list[dict]:
+    """The nearest-neighbour lookup table of the data's train split, scored on the study's
+    reference like a model (once per study; reused when its report exists)."""
+    from expertsim.validation import validate_lookup
+
+    report_path = output_dir / "lookup" / "metrics.json"
+    reference = Path(results[0]["reference"])
+    min_photon_sum = results[0]["config"]["data"]["min_photon_sum"]
+    if report_path.exists():
+        report = json.loads(report_path.read_text())
+    else:
+        log("nn-lookup: scoring the nearest-neighbour lookup table")
+        report = validate_lookup(data, reference, output_dir / "lookup",
+                                 min_photon_sum=min_photon_sum, selected_reference=reference,
+                                 plots=False)
+    return [{"name": "nn-lookup", "config_path": "-", "seed": 0, "n_experts": 0,
+             "parameters": 0, "sample_events_per_s": None, "run_id": None,
+             "reference": str(reference), **{key: report[key] for key in (
+                 "headline", "classifier_auc", "uncertainty", "paired", "floor",
+                 "per_expert")}}]
 
 
 def _train_and_validate(run: StudyRun, data: Path, output_dir: Path, overrides: list[str],
@@ -195,6 +218,7 @@ def _train_and_validate(run: StudyRun, data: Path, output_dir: Path, overrides: 
         "parameters": TrainedModel.load(model_path).n_parameters,
         "sample_events_per_s": sampling_speed(model_path, reference),
         "headline": report["headline"], "classifier_auc": report["classifier_auc"],
+        "uncertainty": report["uncertainty"], "paired": report["paired"],
         "floor": report["floor"], "per_expert": report["per_expert"],
         "per_group": report["per_group"], "reference": str(reference),
         "analysis": expert_analysis(run.directory / "report" / "generated_0.h5", reference,
@@ -273,30 +297,66 @@ def expert_analysis(generated: Path, reference: Path, n_experts: int) -> dict[st
 
 def summarise(results: list[dict], data: Path, output_dir: Path, tracking_uri: str
               ) -> dict[str, Any]:
-    """One row per config: mean +- std over seeds of each seed's headline channel-WS."""
-    rows = []
-    for name in dict.fromkeys(r["name"] for r in results):
-        group = [r for r in results if r["name"] == name]
-        ws = np.array([r["headline"]["ws_mean"] for r in group])
-        floors = [r["floor"]["ws_mean"] for r in group if r["floor"]]
-        rows.append({
-            "model": name, "config": group[0]["config_path"], "n_experts": group[0]["n_experts"],
-            "seeds": [r["seed"] for r in group],
-            "ws_mean": float(ws.mean()),
-            "ws_std_over_seeds": float(ws.std(ddof=1)) if len(ws) > 1 else 0.0,
-            "ws_per_seed": ws.tolist(),
-            "ws_generation_std": float(np.mean([r["headline"]["ws_mean_std"] for r in group])),
-            "ws_channels": np.mean([r["headline"]["ws_channels"] for r in group],
-                                   axis=0).tolist(),
-            "classifier_auc": float(np.mean([r["classifier_auc"] for r in group])),
-            "floor_ws": float(np.mean(floors)) if floors else None,
-            "sample_events_per_s": float(np.median([r["sample_events_per_s"] for r in group])),
-            "parameters": group[0]["parameters"],
-            "mlflow_runs": [f"runs:/{r['run_id']}" for r in group if r["run_id"]],
-        })
+    """One row per config: mean +- std over seeds of each seed's headline channel-WS, the
+    sampling uncertainty, the ratio to the matched MC floor, and the comparison with the best
+    single GAN."""
+    rows = [_row([r for r in results if r["name"] == name])
+            for name in dict.fromkeys(r["name"] for r in results)]
+    _compare_with_best_single(rows)
     return {"format": "expertsim-study", "version": __version__, "data": str(data.resolve()),
             "tracking_uri": tracking_uri, "n_test_events": _count(results),
             "rows": rows}
+
+
+def _row(group: list[dict]) -> dict[str, Any]:
+    ws = np.array([r["headline"]["ws_mean"] for r in group])
+    floors = [r["headline"]["floor_ws_mean"] for r in group
+              if r["headline"].get("floor_ws_mean") is not None]
+    ratios = [r["headline"]["ratio"] for r in group if r["headline"].get("ratio") is not None]
+    centroid = [r["paired"]["centroid_distance"]["ratio"] for r in group
+                if r["paired"]["centroid_distance"]["ratio"] is not None]
+    speeds = [r["sample_events_per_s"] for r in group if r["sample_events_per_s"]]
+    fractions = [[entry["n"] / max(sum(e["n"] for e in r["per_expert"].values()), 1)
+                  for entry in r["per_expert"].values()] for r in group]
+    return {
+        "model": group[0]["name"], "config": group[0]["config_path"],
+        "n_experts": group[0]["n_experts"], "seeds": [r["seed"] for r in group],
+        "ws_mean": float(ws.mean()),
+        "ws_std_over_seeds": float(ws.std(ddof=1)) if len(ws) > 1 else 0.0,
+        "ws_per_seed": ws.tolist(),
+        # sampling uncertainty of one evaluation (half-sampling se, mean over seeds)
+        "ws_se": float(np.mean([r["uncertainty"]["se"]["model"] for r in group])),
+        "ws_generation_std": float(np.mean([r["headline"]["ws_mean_std"] for r in group])),
+        "ws_channels": np.mean([r["headline"]["ws_channels"] for r in group], axis=0).tolist(),
+        "classifier_auc": float(np.mean([r["classifier_auc"] for r in group])),
+        "floor_ws": float(np.mean(floors)) if floors else None,
+        "ratio_to_floor": float(np.mean(ratios)) if ratios else None,
+        "centroid_ratio": float(np.mean(centroid)) if centroid else None,
+        "expert_fractions_per_seed": fractions,
+        "min_expert_fraction": float(min(min(f) for f in fractions)) if fractions else None,
+        "per_expert_ws": [{k: v["ws_mean"] for k, v in r["per_expert"].items()} for r in group],
+        "sample_events_per_s": float(np.median(speeds)) if speeds else None,
+        "parameters": group[0]["parameters"],
+        "mlflow_runs": [f"runs:/{r['run_id']}" for r in group if r["run_id"]],
+    }
+
+
+def _compare_with_best_single(rows: list[dict]) -> None:
+    """Adds ``vs_best_single_gan`` to every row: the difference in channel-WS to the best
+    single-expert row, and whether it exceeds both the 95 % sampling interval of the
+    difference and the two rows' seed spreads."""
+    singles = [row for row in rows if row["n_experts"] == 1]
+    if not singles:
+        return
+    best = min(singles, key=lambda row: row["ws_mean"])
+    for row in rows:
+        delta = row["ws_mean"] - best["ws_mean"]
+        half_width = 1.96 * float(np.hypot(row["ws_se"], best["ws_se"]))
+        spread = row["ws_std_over_seeds"] + best["ws_std_over_seeds"]
+        row["vs_best_single_gan"] = {
+            "best": best["model"], "delta": delta, "relative": delta / best["ws_mean"],
+            "interval_half_width": half_width, "seed_spread": spread,
+            "significant": row is not best and abs(delta) > max(half_width, spread)}
 
 
 def _count(results: list[dict]) -> int | None:
@@ -306,24 +366,40 @@ def _count(results: list[dict]) -> int | None:
 
 
 def markdown_table(study: dict[str, Any]) -> str:
+    rows = study["rows"]
+    floors = {round(r["floor_ws"], 3) for r in rows if r["floor_ws"] is not None}
     lines = [
         f"Test split of `{Path(study['data']).name}` ({study['n_test_events']} events); "
-        "channel-WS in photons, mean +- std over seeds (each seed: mean of its generations); "
-        "lower is better. MLflow store: " + study["tracking_uri"] + ".",
+        "channel-WS in photons (default channel convention), mean +- std over seeds; "
+        "+-95 % is the sampling interval of one evaluation (half-sampling); / floor is the "
+        "ratio to the MC floor on the same particles and sample size "
+        f"(floor {', '.join(f'{f:.2f}' for f in sorted(floors)) or 'n/a'}; 1 = as good as "
+        "the simulation); centroid is the median generated-to-MC centroid distance over the "
+        "MC repeat-to-repeat one. vs best single GAN: relative difference, * where it exceeds "
+        "both the 95 % interval and the seed spreads. Lower is better. MLflow store: "
+        + study["tracking_uri"] + ".",
         "",
-        "| model | experts | channel-WS | per channel (1-5) | AUC | MC floor | ev/s | "
-        "parameters | MLflow runs |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | experts | channel-WS | +-95 % | / floor | centroid | AUC | expert use | "
+        "vs best single GAN | ev/s | parameters |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in study["rows"]:
-        floor = "-" if row["floor_ws"] is None else f"{row['floor_ws']:.2f}"
-        channels = " / ".join(f"{w:.1f}" for w in row["ws_channels"])
-        runs = " ".join(f"`{r}`" for r in row["mlflow_runs"])
-        lines.append(f"| {row['model']} | {row['n_experts']} | {row['ws_mean']:.2f} +- "
-                     f"{row['ws_std_over_seeds']:.2f} | {channels} | "
-                     f"{row['classifier_auc']:.3f} | {floor} | "
-                     f"{row['sample_events_per_s']:,.0f} | {row['parameters']:,} | {runs} |")
+    for row in rows:
+        use = " / ".join(f"{np.mean(f):.0%}" for f in zip(*row["expert_fractions_per_seed"])) \
+            if row["n_experts"] > 1 else "-"
+        versus = row.get("vs_best_single_gan")
+        versus = "-" if versus is None or versus["best"] == row["model"] else (
+            f"{versus['relative']:+.0%}{' *' if versus['significant'] else ''}")
+        lines.append(
+            f"| {row['model']} | {row['n_experts']} | {row['ws_mean']:.2f} +- "
+            f"{row['ws_std_over_seeds']:.2f} | {1.96 * row['ws_se']:.2f} | "
+            f"{_cell(row['ratio_to_floor'])} | {_cell(row['centroid_ratio'])} | "
+            f"{row['classifier_auc']:.3f} | {use} | {versus} | "
+            f"{_cell(row['sample_events_per_s'], ',.0f')} | {row['parameters']:,} |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(value: float | None, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def write_study_plots(results: list[dict], output_dir: Path) -> list[Path]:

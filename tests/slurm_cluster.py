@@ -1,4 +1,4 @@
-"""A real single-node SLURM for tests (facts: ../shared/notes/slurm-ci.md).
+"""A real single-node SLURM for tests (Debian 12 slurm-wlm + munge, daemons run as root).
 
 Needs root and Debian's slurm-wlm + munge (``make test`` installs them where it can). The
 daemons run from a configuration written into a temporary folder and are stopped afterwards.

@@ -7,7 +7,7 @@ from expertsim.errors import DataSchemaError
 
 
 def o2_channels(image_flat):
-    """The five channels written from the O2 rule in PHYSICS.md, for a flat 44x44 image."""
+    """The five channels written from the O2 rule in SOURCES.md, for a flat 44x44 image."""
     out = [0.0] * 5
     for i in range(44):
         for j in range(44):

@@ -1,6 +1,6 @@
 """ONNX export for ALICE O2, consumed the way O2 consumes it.
 
-The consumer side here is written from the O2 contract in PHYSICS.md alone: plain
+The consumer side here is written from the O2 contract in SOURCES.md alone: plain
 onnxruntime, a scales-file parser of our own, raw conditions scaled by hand, channels summed
 over the flat row-major index. Nothing of expertsim.export is used to read the files back.
 """

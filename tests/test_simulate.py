@@ -72,7 +72,7 @@ def test_impact_points_are_straight_lines_for_neutrals():
 
 
 def test_relative_fluctuation_matches_the_geant4_table():
-    # PHYSICS.md: ZN, 100 GeV neutrons, rms 18 % at 5 % efficiency (photon statistics small).
+    # SOURCES.md: ZN, 100 GeV neutrons, rms 18 % at 5 % efficiency (photon statistics small).
     conditions, pdg = aimed("ZN", 100.0, 3000)
     params = SimulationParameters(relative_efficiency=1.0)
     sums = photon_sums(simulate_response(conditions, pdg, get_detector("ZN"),

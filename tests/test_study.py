@@ -38,8 +38,10 @@ def study(zn_file, tmp_path_factory):
 def test_study_writes_the_table_plots_and_runs(study):
     output, log = study
     summary = json.loads((output / "study.json").read_text())
-    assert [row["model"] for row in summary["rows"]] == ["cgan", "expertsim-3"]
+    assert [row["model"] for row in summary["rows"]] == ["cgan", "expertsim-3", "nn-lookup"]
     for row, experts in zip(summary["rows"], (1, 3)):
+        assert row["ratio_to_floor"] == pytest.approx(row["ws_mean"] / row["floor_ws"], rel=0.05)
+        assert row["ws_se"] > 0 and row["centroid_ratio"] > 0
         assert row["n_experts"] == experts
         assert row["ws_mean"] > 0 and len(row["ws_channels"]) == 5
         assert 0 <= row["classifier_auc"] <= 1
@@ -47,8 +49,17 @@ def test_study_writes_the_table_plots_and_runs(study):
         assert row["sample_events_per_s"] > 0 and row["parameters"] > 0
         assert len(row["mlflow_runs"]) == 1 and row["mlflow_runs"][0].startswith("runs:/")
     assert summary["rows"][1]["parameters"] > summary["rows"][0]["parameters"]
+    lookup = summary["rows"][2]
+    assert lookup["n_experts"] == 0 and lookup["ratio_to_floor"] > 0
+    assert lookup["floor_ws"] == pytest.approx(summary["rows"][0]["floor_ws"])  # same particles
+    mixture = summary["rows"][1]
+    assert len(mixture["expert_fractions_per_seed"][0]) >= 1
+    assert mixture["vs_best_single_gan"]["best"] == "cgan"
+    assert mixture["vs_best_single_gan"]["delta"] == pytest.approx(
+        mixture["ws_mean"] - summary["rows"][0]["ws_mean"])
     table = (output / "table.md").read_text()
     assert "| cgan | 1 |" in table and "| expertsim-3 | 3 |" in table
+    assert "| nn-lookup | 0 |" in table
     for name in ("channels_overlay.png", "experts_expertsim-3.png"):
         assert (output / name).read_bytes()[:4] == b"\x89PNG"
     assert not (output / "experts_cgan.png").exists()  # one expert: nothing to analyse

@@ -1,4 +1,4 @@
-"""ExpertSim's losses as pure functions (PHYSICS.md, arXiv 2508.20991).
+"""ExpertSim's losses as pure functions (SOURCES.md, arXiv 2508.20991).
 
 Expert terms return one value per event (shape B), computed with the event's routed expert;
 :func:`routed_mean` averages each expert over its own events and sums over experts. Router

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The ablation of the README (about 35 minutes on 2 CPU cores): ExpertSim-3 with every fidelity
+# mechanism, then each switched off in turn, and one expert with the same terms; one seed, ZN
+# built-in data with every particle simulated twice (the matched MC floor). Rerun it after an
+# interruption: finished runs are reused. Table: studies/ablation_zn/table.md.
+set -euo pipefail
+EXPERTSIM=${EXPERTSIM:-expertsim}
+test -f data/study_zn.h5 || $EXPERTSIM simulate --detector zn -n 24000 --repeat 2 --seed 11 \
+    -o data/study_zn.h5
+$EXPERTSIM study --data data/study_zn.h5 --configs training/ablation --seeds "${SEEDS:-1}" \
+    -o studies/ablation_zn
