@@ -12,6 +12,11 @@ Contract of each part (shapes; images are log(1 + photons)):
                                                     (row / (H-1), column / (W-1))
     MixtureOfExperts(z_BZ, c_BK)                 -> image_BHW, expert_B (hard routing)
 
+With ``conditioning="positional"`` generators and discriminators extend c_BK by derived
+features and give their convolutions centred coordinate channels (models.conditioning); the
+inputs stay the same. ``models.counting`` turns a generated image into the counts the
+discriminator sees when training with the counting step.
+
 The experts run batched: their weights are stacked along a leading expert dimension; each
 event gathers its expert's weights and one grouped convolution (groups = events) runs the
 whole batch (see expertsim.models.layers for the dispatch modes). There is no Python loop
