@@ -65,7 +65,8 @@ def _stop_handlers(trainer, signals: tuple[int, ...]):
 def train_run(config: ExperimentConfig, *, resume: bool = True,
               progress: ProgressFactory | None = None,
               data_progress: Callable[[int], ContextManager[Any]] | None = None,
-              stop_signals: tuple[int, ...] = STOP_SIGNALS, log: Callable[[str], None] = print):
+              stop_signals: tuple[int, ...] = STOP_SIGNALS,
+              log: Callable[[str], None] = lambda message: None):
     """Train one model as ``config`` says; returns the trainer's FitResult.
 
     Args:
@@ -73,7 +74,7 @@ def train_run(config: ExperimentConfig, *, resume: bool = True,
         progress: a progress bar for the training steps (rank 0 only).
         data_progress: a progress bar for simulating missing built-in data.
         stop_signals: signals that make the run checkpoint and return "preempted".
-        log: receives one line when the run resumes.
+        log: receives one line when the run resumes (the CLI echoes it).
     """
     import torch.distributed as dist
 

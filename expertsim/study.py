@@ -196,7 +196,7 @@ def _train_and_validate(run: StudyRun, data: Path, output_dir: Path, overrides: 
         shutil.rmtree(run.directory)  # a run killed before its first checkpoint: start clean
     progress = None if progress_factory is None else _progress(
         progress_factory, f"{run.name} s{run.seed}")
-    fit = train_run(config, progress=progress, stop_signals=stop_signals, log=lambda _: None)
+    fit = train_run(config, progress=progress, stop_signals=stop_signals)
     if fit.status == "preempted":
         raise StudyStopped(f"{run.name} seed {run.seed} stopped at step {fit.step} by a "
                            f"signal, checkpoint saved; run the same study command again")
@@ -325,7 +325,7 @@ def _row(group: list[dict]) -> dict[str, Any]:
         "ws_std_over_seeds": float(ws.std(ddof=1)) if len(ws) > 1 else 0.0,
         "ws_per_seed": ws.tolist(),
         # sampling uncertainty of one evaluation (half-sampling se, mean over seeds)
-        "ws_se": float(np.mean([r["uncertainty"]["se"]["model"] for r in group])),
+        "ws_se": float(np.mean([r["uncertainty"]["se"]["model"] or np.nan for r in group])),
         "ws_generation_std": float(np.mean([r["headline"]["ws_mean_std"] for r in group])),
         "ws_channels": np.mean([r["headline"]["ws_channels"] for r in group], axis=0).tolist(),
         "classifier_auc": float(np.mean([r["classifier_auc"] for r in group])),

@@ -63,6 +63,7 @@ from expertsim.plots import validation_figures
 REPORT_SCHEMA_VERSION = 2
 N_DRAWS = 200  # half-samples for the standard errors
 Z95 = 1.959964  # two-sided 95 % normal quantile
+MIN_UNITS_FOR_ERRORS = 16  # particles below which no standard error is estimated
 SHAPE_KEYS = ("fibres_hit", "brightest_row", "brightest_col", "centroid_x", "centroid_y",
               "width_x", "width_y")
 
@@ -149,9 +150,12 @@ def _uncertainty(first: dict, paired: dict, floor_pair: tuple[dict, dict] | None
         return [model, floor, model / floor]
 
     n_units = len(first["photon_sum"])
-    se = metrics.half_sample_standard_error(statistic, n_units, n_draws=n_draws, seed=seed)
-    quarters = np.array_split(np.random.default_rng(seed).permutation(n_units), 4)
-    quarter_values = np.array([statistic(np.sort(q)) for q in quarters])
+    if n_units >= MIN_UNITS_FOR_ERRORS:
+        se = metrics.half_sample_standard_error(statistic, n_units, n_draws=n_draws, seed=seed)
+        quarters = np.array_split(np.random.default_rng(seed).permutation(n_units), 4)
+        quarter_values = np.array([statistic(np.sort(q)) for q in quarters])
+    else:  # too few particles for an error estimate: the numbers carry none
+        se, quarter_values = np.full(3, np.nan), np.full((4, 3), np.nan)
     return {
         "method": "balanced half-sampling of the particles; interval = point +- 1.96 se",
         "n_draws": n_draws,
