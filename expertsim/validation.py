@@ -197,12 +197,14 @@ def _headline(comparisons: list[dict], floor: dict | None, uncertainty: dict
     }
 
 
-def _by_convention(first: dict, paired: dict, floor_pair: tuple[dict, dict] | None
+def _by_convention(scored: list[tuple], floor_pair: tuple[dict, dict] | None
                    ) -> dict[str, Any]:
+    """The headline under every channel convention (mean over the generations)."""
     out = {}
     for convention in CHANNEL_CONVENTIONS:
         key = f"channels@{convention}"
-        ws = metrics.channel_wasserstein(first[key], paired[key])
+        ws = np.mean([metrics.channel_wasserstein(generated[key], paired[key])
+                      for _, generated, paired in scored], axis=0)
         floor = None if floor_pair is None else _ws_mean(*floor_pair, key=key)
         out[convention] = {"ws_channels": ws.tolist(), "ws_mean": float(ws.mean()),
                            "floor_ws_mean": floor,
@@ -284,7 +286,7 @@ def validate(generated_paths: list[str | os.PathLike], reference_path: str | os.
         "n_reference": int(len(reference["photon_sum"])),
         "n_pairs": int(len(first["photon_sum"])),
         "headline": _headline(comparisons, floor, uncertainty),
-        "headline_by_convention": _by_convention(first, paired, floor_pair),
+        "headline_by_convention": _by_convention(scored, floor_pair),
         "uncertainty": uncertainty,
         "paired": _paired(first, paired, floor_pair),
         **{k: comparisons[0][k] for k in ("photon_sum", "fraction_empty", *SHAPE_KEYS)},
