@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import shutil
 import statistics
@@ -344,7 +345,8 @@ def _row(group: list[dict]) -> dict[str, Any]:
 def _compare_with_best_single(rows: list[dict]) -> None:
     """Adds ``vs_best_single_gan`` to every row: the difference in channel-WS to the best
     single-expert row, and whether it exceeds both the 95 % sampling interval of the
-    difference and the two rows' seed spreads."""
+    difference and the two rows' seed spreads (None while a trained row has a single seed: its
+    seed spread is unknown; the lookup table has none)."""
     singles = [row for row in rows if row["n_experts"] == 1]
     if not singles:
         return
@@ -356,7 +358,13 @@ def _compare_with_best_single(rows: list[dict]) -> None:
         row["vs_best_single_gan"] = {
             "best": best["model"], "delta": delta, "relative": delta / best["ws_mean"],
             "interval_half_width": half_width, "seed_spread": spread,
-            "significant": row is not best and abs(delta) > max(half_width, spread)}
+            "significant": (None if min(_n_seeds(row), _n_seeds(best)) < 2 else
+                            row is not best and abs(delta) > max(half_width, spread))}
+
+
+def _n_seeds(row: dict) -> float:
+    """Seeds behind a row's spread; the deterministic lookup table needs none."""
+    return math.inf if row["n_experts"] == 0 else len(row["seeds"])
 
 
 def _count(results: list[dict]) -> int | None:
@@ -376,7 +384,8 @@ def markdown_table(study: dict[str, Any]) -> str:
         f"(floor {', '.join(f'{f:.2f}' for f in sorted(floors)) or 'n/a'}; 1 = as good as "
         "the simulation); centroid is the median generated-to-MC centroid distance over the "
         "MC repeat-to-repeat one. vs best single GAN: relative difference, * where it exceeds "
-        "both the 95 % interval and the seed spreads. Lower is better. MLflow store: "
+        "both the 95 % interval and the seed spreads, ? where a single seed leaves the spread "
+        "unknown. Lower is better. MLflow store: "
         + study["tracking_uri"] + ".",
         "",
         "| model | experts | channel-WS | +-95 % | / floor | centroid | AUC | expert use | "
@@ -388,7 +397,8 @@ def markdown_table(study: dict[str, Any]) -> str:
             if row["n_experts"] > 1 else "-"
         versus = row.get("vs_best_single_gan")
         versus = "-" if versus is None or versus["best"] == row["model"] else (
-            f"{versus['relative']:+.0%}{' *' if versus['significant'] else ''}")
+            f"{versus['relative']:+.0%}"
+            + {True: " *", False: "", None: " ?"}[versus["significant"]])
         lines.append(
             f"| {row['model']} | {row['n_experts']} | {row['ws_mean']:.2f} +- "
             f"{row['ws_std_over_seeds']:.2f} | {1.96 * row['ws_se']:.2f} | "

@@ -57,6 +57,7 @@ def test_study_writes_the_table_plots_and_runs(study):
     assert mixture["vs_best_single_gan"]["best"] == "cgan"
     assert mixture["vs_best_single_gan"]["delta"] == pytest.approx(
         mixture["ws_mean"] - summary["rows"][0]["ws_mean"])
+    assert mixture["vs_best_single_gan"]["significant"] is None  # one seed: spread unknown
     table = (output / "table.md").read_text()
     assert "| cgan | 1 |" in table and "| expertsim-3 | 3 |" in table
     assert "| nn-lookup | 0 |" in table
