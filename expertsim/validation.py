@@ -74,8 +74,10 @@ def _read(path: Path) -> dict[str, np.ndarray]:
     with EventFile(path) as events:
         images = events.images()
         out = metrics.event_features(images)
-        for convention in CHANNEL_CONVENTIONS:
-            out[f"channels@{convention}"] = channel_sums(images, convention)
+        for convention in CHANNEL_CONVENTIONS:  # the default one is computed already
+            out[f"channels@{convention}"] = (out["channels"]
+                                             if convention == DEFAULT_CHANNEL_CONVENTION
+                                             else channel_sums(images, convention))
         out["images"] = images
         out["energy"] = events.conditions()[:, 0]
         out["group"] = events.derived("group")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The ablation of the README (about 35 minutes on 2 CPU cores): ExpertSim-3 with every fidelity
+# The ablation of the README (about 32 minutes on 2 CPU cores): ExpertSim-3 with every fidelity
 # mechanism, then each switched off in turn, and one expert with the same terms; one seed, ZN
 # built-in data with every particle simulated twice (the matched MC floor). Rerun it after an
 # interruption: finished runs are reused. Table: studies/ablation_zn/table.md.
