@@ -105,6 +105,9 @@ class LossConfig:
     # not published: Poisson deviance of the real response under the generated expectation,
     # per fibre (expertsim.models.losses.pixel_likelihood); 0 = off
     pixel_likelihood: float = 0.0
+    # not published: squared distance between generated and real shower centroids (and the
+    # predicted shower centre), paired per particle (expertsim.models.losses.centroid); 0 = off
+    centroid: float = 0.0
     router_gan: float = 0.1  # published
     differentiation: float = 0.1  # published
     utilisation_entropy: float = 0.1  # not published: our choice (0.01 let an expert die in
@@ -124,10 +127,19 @@ class OptimConfig:
     beta1: float = 0.5  # DCGAN practice (not published for ExpertSim)
     beta2: float = 0.999
     scale_lr_by_routed_fraction: bool = True  # published
+    # Generator and discriminator learning rates over the run: constant (published), or
+    # cosine from the rates above down to lr_final_fraction of them at the last step
+    schedule: str = "constant"
+    lr_final_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         _positive("optim", lr_generator=self.lr_generator, lr_discriminator=self.lr_discriminator,
                   lr_aux=self.lr_aux, lr_router=self.lr_router)
+        if self.schedule not in ("constant", "cosine"):
+            raise ConfigError(f"optim.schedule must be constant or cosine, got {self.schedule!r}")
+        if not 0 <= self.lr_final_fraction <= 1:
+            raise ConfigError("optim.lr_final_fraction must be in [0, 1], got "
+                              f"{self.lr_final_fraction}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ConfigError("optim.beta1 and optim.beta2 must be in [0, 1)")
 
@@ -146,6 +158,9 @@ class TrainConfig:
     # Balanced routing: after each step the router's logit bias moves by this much towards
     # the experts routed less than 1/E of the batch (0 = off, as published)
     balance_rate: float = 0.0
+    # Exponential moving average of the generator weights (0 = off): validation, the best and
+    # final model files use the average; its decay is min(ema_decay, (1 + step) / (10 + step))
+    ema_decay: float = 0.0
     # Train what you sample: the discriminator sees generated images as Poisson counts drawn
     # from the expected photons (straight-through gradient), as `expertsim sample` writes them
     counting_step: bool = False
@@ -166,6 +181,8 @@ class TrainConfig:
             _positive("train", max_steps=self.max_steps)
         _non_negative("train", router_warm_start_steps=self.router_warm_start_steps,
                       balance_rate=self.balance_rate)
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda")):
             raise ConfigError(f"train.device must be auto, cpu or cuda[:N], got {self.device!r}")
 

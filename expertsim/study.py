@@ -73,7 +73,8 @@ def config_files(configs: list[str | os.PathLike]) -> list[Path]:
 
 
 def plan(configs: list[str | os.PathLike], seeds: int, output_dir: Path) -> list[StudyRun]:
-    """One run per (config, seed); config names (their ``name:`` key) must be unique."""
+    """One run per (config, seed), seed-major (every config's seed 0 first: a study cut short
+    has each model once before any twice); config names (``name:``) must be unique."""
     from expertsim.config import load_config
 
     if seeds < 1:
@@ -81,17 +82,15 @@ def plan(configs: list[str | os.PathLike], seeds: int, output_dir: Path) -> list
     configs = config_files(configs)
     if not configs:
         raise ConfigError("the study needs at least one config (--configs)")
-    runs, names = [], {}
+    names = {}
     for path in configs:
         name = load_config(path).name
         if name in names:
             raise ConfigError(f"{path} and {names[name]} share the name {name!r}; give each "
                               "study config its own 'name:'")
         names[name] = path
-        for seed in range(seeds):
-            runs.append(StudyRun(name, Path(path), seed,
-                                 output_dir / "runs" / name / f"seed{seed}"))
-    return runs
+    return [StudyRun(name, Path(path), seed, output_dir / "runs" / name / f"seed{seed}")
+            for seed in range(seeds) for name, path in names.items()]
 
 
 def run_study(data: str | os.PathLike, configs: list[str | os.PathLike], output_dir:
@@ -197,7 +196,9 @@ def _train_and_validate(run: StudyRun, data: Path, output_dir: Path, overrides: 
         shutil.rmtree(run.directory)  # a run killed before its first checkpoint: start clean
     progress = None if progress_factory is None else _progress(
         progress_factory, f"{run.name} s{run.seed}")
+    started = time.perf_counter()
     fit = train_run(config, progress=progress, stop_signals=stop_signals)
+    train_seconds = time.perf_counter() - started  # of this call (a resumed run: the rest)
     if fit.status == "preempted":
         raise StudyStopped(f"{run.name} seed {run.seed} stopped at step {fit.step} by a "
                            f"signal, checkpoint saved; run the same study command again")
@@ -214,7 +215,7 @@ def _train_and_validate(run: StudyRun, data: Path, output_dir: Path, overrides: 
         "name": run.name, "config_path": str(run.config_path), "seed": run.seed,
         "config": config.to_dict(),
         "run_id": fit.run_id, "tracking_uri": tracking_uri, "version": __version__,
-        "steps": fit.step, "best_val_ws": fit.best_ws,
+        "steps": fit.step, "train_seconds": train_seconds, "best_val_ws": fit.best_ws,
         "n_experts": config.model.n_experts,
         "parameters": TrainedModel.load(model_path).n_parameters,
         "sample_events_per_s": sampling_speed(model_path, reference),
@@ -317,6 +318,8 @@ def _row(group: list[dict]) -> dict[str, Any]:
     centroid = [r["paired"]["centroid_distance"]["ratio"] for r in group
                 if r["paired"]["centroid_distance"]["ratio"] is not None]
     speeds = [r["sample_events_per_s"] for r in group if r["sample_events_per_s"]]
+    steps = [r["steps"] for r in group if r.get("steps")]
+    train_seconds = [r["train_seconds"] for r in group if r.get("train_seconds")]
     fractions = [[entry["n"] / max(sum(e["n"] for e in r["per_expert"].values()), 1)
                   for entry in r["per_expert"].values()] for r in group]
     return {
@@ -337,6 +340,8 @@ def _row(group: list[dict]) -> dict[str, Any]:
         "min_expert_fraction": float(min(min(f) for f in fractions)) if fractions else None,
         "per_expert_ws": [{k: v["ws_mean"] for k, v in r["per_expert"].items()} for r in group],
         "sample_events_per_s": float(np.median(speeds)) if speeds else None,
+        "steps": int(np.median(steps)) if steps else None,
+        "train_minutes": float(np.median(train_seconds)) / 60 if train_seconds else None,
         "parameters": group[0]["parameters"],
         "mlflow_runs": [f"runs:/{r['run_id']}" for r in group if r["run_id"]],
     }
@@ -385,12 +390,13 @@ def markdown_table(study: dict[str, Any]) -> str:
         "the simulation); centroid is the median generated-to-MC centroid distance over the "
         "MC repeat-to-repeat one. vs best single GAN: relative difference, * where it exceeds "
         "both the 95 % interval and the seed spreads, ? where a single seed leaves the spread "
-        "unknown. Lower is better. MLflow store: "
+        "unknown. steps and train min: training steps and minutes (median over seeds). "
+        "Lower is better. MLflow store: "
         + study["tracking_uri"] + ".",
         "",
         "| model | experts | channel-WS | +-95 % | / floor | centroid | AUC | expert use | "
-        "vs best single GAN | ev/s | parameters |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "vs best single GAN | steps | train min | ev/s | parameters |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         use = " / ".join(f"{np.mean(f):.0%}" for f in zip(*row["expert_fractions_per_seed"])) \
@@ -403,7 +409,8 @@ def markdown_table(study: dict[str, Any]) -> str:
             f"| {row['model']} | {row['n_experts']} | {row['ws_mean']:.2f} +- "
             f"{row['ws_std_over_seeds']:.2f} | {1.96 * row['ws_se']:.2f} | "
             f"{_cell(row['ratio_to_floor'])} | {_cell(row['centroid_ratio'])} | "
-            f"{row['classifier_auc']:.3f} | {use} | {versus} | "
+            f"{row['classifier_auc']:.3f} | {use} | {versus} | {_cell(row.get('steps'), 'd')} | "
+            f"{_cell(row.get('train_minutes'), '.1f')} | "
             f"{_cell(row['sample_events_per_s'], ',.0f')} | {row['parameters']:,} |")
     return "\n".join(lines) + "\n"
 

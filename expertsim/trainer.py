@@ -11,6 +11,7 @@ Legend: B events, E experts, Z noise, K = 9 conditions, H x W image, F features.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import threading
@@ -33,12 +34,16 @@ from expertsim.eventfile import EventFile
 from expertsim.loader import Batch, EventLoader
 from expertsim.metrics import N_GROUPS, channel_wasserstein, routing_agreement
 from expertsim.models import AuxRegressor, ExpertDiscriminator, MixtureOfExperts, gumbel_route
+from expertsim.models.conditioning import N_PLACEMENT
+from expertsim.models.experts import calibrate_position
 from expertsim.models import losses
 from expertsim.models.counting import counted_log_image
 from expertsim.optim import ExpertAdam
 from expertsim.provenance import make_provenance
 from expertsim.tracking import NullTracker
 from expertsim.trained_model import TrainedModel, build_mixture
+
+CALIBRATION_EVENTS = 4096  # training showers the shower-placement maps are fitted to
 
 
 @dataclass
@@ -84,6 +89,7 @@ class GeneratorStep:
     intensity: torch.Tensor
     auxiliary: torch.Tensor
     pixel_likelihood: torch.Tensor
+    centroid: torch.Tensor
     adversarial_B: torch.Tensor  # adversarial loss per event, routed expert (detached)
     features_BF: torch.Tensor  # discriminator features of G(z1, c) (detached)
 
@@ -112,6 +118,7 @@ class StepResult:
                "g_diversity": self.generator.diversity, "g_intensity": self.generator.intensity,
                "g_auxiliary": self.generator.auxiliary,
                "g_pixel_likelihood": self.generator.pixel_likelihood,
+               "g_centroid": self.generator.centroid,
                "router_loss": self.router.loss,
                "router_gan_feedback": self.router.gan_feedback,
                "router_differentiation": self.router.differentiation,
@@ -231,6 +238,31 @@ class Trainer:
                                             optim.lr_discriminator, betas)
         self.opt_aux = torch.optim.Adam(self.aux.parameters(), optim.lr_aux, betas)
         self.opt_router = torch.optim.Adam(self.router.parameters(), optim.lr_router, betas)
+        self._calibrate_positions()
+        self.generator_ema = None
+        if self.config.train.ema_decay > 0:
+            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+
+    def _calibrate_positions(self) -> None:
+        """Positional conditioning: fit the shower-placement maps of generators and
+        discriminators to the centroids of up to CALIBRATION_EVENTS training showers (the same
+        rows on every rank). A resumed run then loads its trained weights over them."""
+        if self.generator.position is None:
+            return
+        data = self.config.data
+        with EventFile(data.path) as events:
+            rows = events.rows("train", data.min_photon_sum,
+                               data.max_photon_sum)[:CALIBRATION_EVENTS]
+            conditions = self.loader.scaler.transform(events.conditions(rows))
+            photons = torch.from_numpy(events.images(rows).astype(np.float32))
+        centre_N2, valid_N = losses.image_centroid(torch.log1p(photons))
+        keep = valid_N > 0
+        if int(keep.sum()) < 2 * N_PLACEMENT:
+            return  # too few showers to fit; the map starts at zero and is learned
+        c_NK = torch.from_numpy(conditions)[keep].to(self.device)
+        centre_N2 = centre_N2[keep].to(self.device)
+        self.placement_rms = calibrate_position(self.generator, c_NK, centre_N2)
+        calibrate_position(self.discriminator, c_NK, centre_N2)
 
     # ------------------------------------------------------------------ data
 
@@ -286,7 +318,28 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
 
+    def learning_rate_factor(self) -> float:
+        """optim.schedule at this step: 1 (constant), or cosine from 1 at step 0 to
+        optim.lr_final_fraction at the run's last step (train.max_steps, else all epochs)."""
+        optim = self.config.optim
+        if optim.schedule == "constant":
+            return 1.0
+        total = self.config.train.epochs * len(self.loader)
+        if self.config.train.max_steps is not None:
+            total = min(total, self.config.train.max_steps)
+        progress = min(self.step / max(total - 1, 1), 1.0)
+        final = optim.lr_final_fraction
+        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def _apply_schedule(self) -> None:
+        factor = self.learning_rate_factor()
+        for optimizer, base in ((self.opt_generator, self.config.optim.lr_generator),
+                                (self.opt_discriminator, self.config.optim.lr_discriminator)):
+            for group in optimizer.param_groups:
+                group["lr"] = base * factor
+
     def train_step(self, batch: Batch) -> StepResult:
+        self._apply_schedule()
         events = self._to_device(batch)
         routing = self._route(events, len(batch))
         discriminator = self.discriminator_step(events, routing)
@@ -363,7 +416,7 @@ class Trainer:
             weights = self.config.loss
             total_B = (weights.adversarial * terms_B[0] + weights.diversity * terms_B[1]
                        + weights.intensity * terms_B[2] + weights.auxiliary * terms_B[3]
-                       + weights.pixel_likelihood * terms_B[4])
+                       + weights.pixel_likelihood * terms_B[4] + weights.centroid * terms_B[5])
             loss = losses.routed_mean(total_B, routing.mask_BE, routing.count_E)
             self.opt_generator.zero_grad(set_to_none=False)
             loss.backward()
@@ -373,15 +426,25 @@ class Trainer:
         sum_gradients(self.generator.parameters(), self.context)
         self.opt_generator.set_expert_scale(routing.scale_E)
         self.opt_generator.step()
+        self._update_average()
         with torch.no_grad():
             parts = [losses.routed_mean(term_B, routing.mask_BE, routing.count_E)
                      for term_B in terms_B]
         return GeneratorStep(loss.detach(), *parts, terms_B[0].detach(), features_BF.detach())
 
+    @torch.no_grad()
+    def _update_average(self) -> None:
+        """Move the generator's weight average towards the weights (train.ema_decay)."""
+        if self.generator_ema is None:
+            return
+        decay = min(self.config.train.ema_decay, (1 + self.step) / (10 + self.step))
+        torch._foreach_lerp_(list(self.generator_ema.parameters()),
+                             list(self.generator.parameters()), 1.0 - decay)
+
     def _generator_terms(self, events: DeviceBatch, routing: Routing):
         """G(z1, c), its discriminator features and the per-event expert loss terms
-        (adversarial, diversity, intensity, auxiliary, pixel likelihood); a term whose weight
-        is 0 is 0."""
+        (adversarial, diversity, intensity, auxiliary, pixel likelihood, centroid); a term
+        whose weight is 0 is 0."""
         weights, c_BK, expert_B = self.config.loss, events.c_BK, routing.expert_B
         with self._autocast():
             fake_BHW = self.generator(routing.z1_BZ, c_BK, expert_B)
@@ -389,7 +452,7 @@ class Trainer:
                                                        expert_B)
         zero_B = torch.zeros(routing.z1_BZ.shape[0], device=self.device)
         adversarial_B = losses.generator_adversarial(logits_B.float())
-        diversity_B = intensity_B = auxiliary_B = pixel_B = zero_B
+        diversity_B = intensity_B = auxiliary_B = pixel_B = centroid_B = zero_B
         if weights.diversity > 0:
             with self._autocast():
                 fake2_BHW = self.generator(routing.z2_BZ, c_BK, expert_B)
@@ -406,8 +469,12 @@ class Trainer:
                                            events.valid_B)
         if weights.pixel_likelihood > 0:
             pixel_B = losses.pixel_likelihood(fake_BHW, events.x_BHW)
+        if weights.centroid > 0:
+            with self._autocast():
+                centre_B2 = self.generator.centre(c_BK, expert_B)
+            centroid_B = losses.centroid(fake_BHW, events.x_BHW, centre_B2)
         return fake_BHW, features_BF, (adversarial_B, diversity_B, intensity_B, auxiliary_B,
-                                       pixel_B)
+                                       pixel_B, centroid_B)
 
     def router_step(self, routing: Routing, generator: GeneratorStep) -> RouterStep:
         weights, context, gates_BE = self.config.loss, self.context, routing.gates_BE
@@ -450,8 +517,10 @@ class Trainer:
     # ------------------------------------------------------------------ validation
 
     def trained_model(self) -> TrainedModel:
-        """The live router and generator as a TrainedModel (shares their weights)."""
-        return TrainedModel(MixtureOfExperts(self.router, self.generator),
+        """The live router and generator (its weight average with train.ema_decay) as a
+        TrainedModel (shares their weights)."""
+        generator = self.generator if self.generator_ema is None else self.generator_ema
+        return TrainedModel(MixtureOfExperts(self.router, generator),
                             scaler=self.loader.scaler, detector=self.detector, config=self.config)
 
     @torch.no_grad()
@@ -497,12 +566,19 @@ class Trainer:
             "untrained_ws": self.untrained_ws, "run_id": self.run_id,
             "scaler_mean": torch.from_numpy(self.loader.scaler.mean),
             "scaler_scale": torch.from_numpy(self.loader.scaler.scale),
+            **({} if self.generator_ema is None
+               else {"generator_ema": self.generator_ema.state_dict()}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name in ("router", "generator", "discriminator", "aux", "opt_router",
                      "opt_generator", "opt_discriminator", "opt_aux"):
             getattr(self, name).load_state_dict(state[name])
+        if self.generator_ema is not None:
+            if "generator_ema" not in state:
+                raise CheckpointError("the checkpoint has no generator weight average; resume "
+                                      "with train.ema_decay as the run was made (0)")
+            self.generator_ema.load_state_dict(state["generator_ema"])
         self.noise.set_state(state["noise_rng"])
         torch.set_rng_state(state["torch_rng"])
         for name in ("epoch", "batch_in_epoch", "step", "temperature", "best_ws",

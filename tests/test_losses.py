@@ -105,3 +105,33 @@ def test_pixel_likelihood_is_zero_for_the_true_expectation_and_grows_away_from_i
     for factor in (0.5, 2.0):
         fake = torch.log1p(torch.expm1(real) * factor + 0.01)
         assert losses.pixel_likelihood(fake, real).item() > 0.1
+
+
+def test_image_centroid_by_hand():
+    # 4x2 image: 3 photons at (row 0, col 1), 1 photon at (row 3, col 1); pixel centres in
+    # half-sizes: rows -0.75, -0.25, 0.25, 0.75; columns -0.5, 0.5
+    photons = torch.zeros(2, 4, 2)
+    photons[0, 0, 1], photons[0, 3, 1] = 3.0, 1.0
+    centre, valid = losses.image_centroid(torch.log1p(photons))
+    torch.testing.assert_close(centre[0], torch.tensor([(3 * -0.75 + 0.75) / 4, 0.5]))
+    assert valid.tolist() == [1.0, 0.0]
+    assert centre[1].tolist() == [0.0, 0.0]  # empty: the centre, and not counted
+
+
+def test_centroid_loss_is_zero_when_the_places_agree_and_pulls_the_shower_to_the_real_one():
+    real = torch.zeros(1, 5, 5)
+    real[0, 1, 1] = 20.0
+    real = torch.log1p(real)
+    assert losses.centroid(real, real).item() == pytest.approx(0.0, abs=1e-10)
+    fake_photons = torch.zeros(1, 5, 5)
+    fake_photons[0, 3, 3] = 20.0
+    fake_photons[0, 1, 1] = 1.0
+    fake = torch.log1p(fake_photons).requires_grad_(True)
+    # the predicted centre counts as well: at the real centroid it adds nothing
+    real_centre, _ = losses.image_centroid(real)
+    value = losses.centroid(fake, real, real_centre)
+    assert value.item() > 0.3  # (2 * 0.4 * 20 / 21) ** 2 * 2 ~ 1.16
+    value.sum().backward()
+    # more light at the real place lowers the loss, more at the wrong place raises it
+    assert fake.grad[0, 1, 1] < 0 < fake.grad[0, 3, 3]
+    assert losses.centroid(fake.detach(), torch.zeros(1, 5, 5)).item() == 0.0  # empty real

@@ -31,7 +31,7 @@ def run(data, output, *configs):
 @pytest.fixture(scope="module")
 def study(zn_file, tmp_path_factory):
     output = tmp_path_factory.mktemp("study")
-    log = run(zn_file, output, "1_cgan.yaml", "5_expertsim3.yaml")
+    log = run(zn_file, output, "3_cgan.yaml", "1_expertsim3.yaml")
     return output, log
 
 
@@ -47,6 +47,7 @@ def test_study_writes_the_table_plots_and_runs(study):
         assert 0 <= row["classifier_auc"] <= 1
         assert row["floor_ws"] is not None and row["floor_ws"] > 0  # the file repeats conditions
         assert row["sample_events_per_s"] > 0 and row["parameters"] > 0
+        assert row["steps"] == 4 and row["train_minutes"] > 0
         assert len(row["mlflow_runs"]) == 1 and row["mlflow_runs"][0].startswith("runs:/")
     assert summary["rows"][1]["parameters"] > summary["rows"][0]["parameters"]
     lookup = summary["rows"][2]
@@ -90,7 +91,7 @@ def test_a_killed_study_continues_and_reproduces(study, zn_file):
     (second / "checkpoint_last.pt").unlink()
     (second / "model.pt").write_bytes(b"left over from the killed run")
     shutil.rmtree(second / "report")
-    log = run(zn_file, output, "1_cgan.yaml", "5_expertsim3.yaml")
+    log = run(zn_file, output, "3_cgan.yaml", "1_expertsim3.yaml")
     assert "cgan seed 0: done before, reused" in log
     assert "expertsim-3 seed 0: training" in log
     assert done.stat().st_mtime_ns == stamp
@@ -103,9 +104,9 @@ def test_a_killed_study_continues_and_reproduces(study, zn_file):
 
 def test_study_configs_need_distinct_names(tmp_path):
     with pytest.raises(ConfigError, match="share the name"):
-        plan([STUDY_CONFIGS / "1_cgan.yaml", STUDY_CONFIGS / "1_cgan.yaml"], 1, tmp_path)
+        plan([STUDY_CONFIGS / "3_cgan.yaml", STUDY_CONFIGS / "3_cgan.yaml"], 1, tmp_path)
     with pytest.raises(ConfigError, match="seeds"):
-        plan([STUDY_CONFIGS / "1_cgan.yaml"], 0, tmp_path)
+        plan([STUDY_CONFIGS / "3_cgan.yaml"], 0, tmp_path)
 
 
 def test_a_signalled_study_checkpoints_and_resumes_to_the_same_numbers(study, zn_file,
@@ -119,7 +120,7 @@ def test_a_signalled_study_checkpoints_and_resumes_to_the_same_numbers(study, zn
 
     reference = json.loads((study[0] / "study.json").read_text())["rows"]
     overrides = [item for item in TINY if item != "--set"]
-    configs = [STUDY_CONFIGS / "1_cgan.yaml", STUDY_CONFIGS / "5_expertsim3.yaml"]
+    configs = [STUDY_CONFIGS / "3_cgan.yaml", STUDY_CONFIGS / "1_expertsim3.yaml"]
 
     class SignalAtStep:
         def __init__(self, total, name):

@@ -59,13 +59,14 @@ def test_per_expert_accounting_with_a_stub_router_and_an_empty_expert(zn_file, t
     assert result.scalars()["expert_fraction_2"] == 0
 
 
-def test_resume_equals_uninterrupted_training(zn_file, tmp_path):
-    straight = Trainer(tiny_config(zn_file, tmp_path / "a", max_steps=6))
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_equals_uninterrupted_training(zn_file, tmp_path, ema_decay):
+    straight = Trainer(tiny_config(zn_file, tmp_path / "a", max_steps=6, ema_decay=ema_decay))
     history = straight.fit().history
 
-    first = Trainer(tiny_config(zn_file, tmp_path / "b", max_steps=3))
+    first = Trainer(tiny_config(zn_file, tmp_path / "b", max_steps=3, ema_decay=ema_decay))
     assert first.fit().status == "stopped"
-    resumed = Trainer(tiny_config(zn_file, tmp_path / "b", max_steps=6))
+    resumed = Trainer(tiny_config(zn_file, tmp_path / "b", max_steps=6, ema_decay=ema_decay))
     resumed.resume_from(tmp_path / "b" / "checkpoint_last.pt")
     assert resumed.step == 3 and resumed.batch_in_epoch == 3
     tail = resumed.fit().history
@@ -73,6 +74,14 @@ def test_resume_equals_uninterrupted_training(zn_file, tmp_path):
     assert [h["train/d_loss"] for h in tail] == [h["train/d_loss"] for h in history[3:]]
     for name, tensor in straight.generator.state_dict().items():
         assert torch.equal(tensor, resumed.generator.state_dict()[name]), name
+    if ema_decay:
+        # the model file holds the weight average, which lags the weights, also after resume
+        saved = TrainedModel.load(tmp_path / "b" / "model.pt").mixture.generator.state_dict()
+        for name, tensor in straight.generator_ema.state_dict().items():
+            assert torch.equal(tensor, resumed.generator_ema.state_dict()[name]), name
+            assert torch.equal(tensor, saved[name]), name
+        weight = "conv1.weight"
+        assert not torch.equal(saved[weight], straight.generator.state_dict()[weight])
 
 
 def test_sigterm_saves_a_checkpoint_and_stops(zn_file, tmp_path):
@@ -178,3 +187,48 @@ def test_balanced_routing_keeps_every_expert_alive(zn_file, tmp_path):
         fractions[rate] = (trained, [validation[f"val/expert_fraction_{e}"] for e in range(3)])
     assert min(fractions[0.3][0]) >= 0.1 and min(fractions[0.3][1]) >= 0.1, fractions
     assert min(fractions[0.0][1]) < 0.1, fractions
+
+
+@pytest.mark.parametrize("detector", ["ZN", "ZP"])
+def test_positional_generators_start_with_showers_where_the_particles_hit(detector, tmp_path):
+    """Before any step, the shower-placement map fitted to training centroids predicts the
+    centroids of held-out showers (validation split) to about a fibre."""
+    from tests.conftest import simulate_file
+    from expertsim.eventfile import EventFile
+    from expertsim.models import losses
+
+    n_events = {"ZN": 20000, "ZP": 40000}[detector]  # ZP: ~2 % of its events have light
+    path = simulate_file(tmp_path / "events.h5", detector, n_events=n_events, seed=3)
+    config = tiny_config(path, tmp_path)
+    config = config_from_dict({**config.to_dict(), "model": {
+        **config.to_dict()["model"], "conditioning": "positional"}})
+    trainer = Trainer(config)
+    with EventFile(path) as events:
+        rows = events.rows("val", 1, None)
+        c = torch.from_numpy(trainer.loader.scaler.transform(events.conditions(rows)))
+        real, _ = losses.image_centroid(torch.log1p(torch.from_numpy(
+            events.images(rows).astype(np.float32))))
+    with torch.no_grad():
+        predicted = trainer.generator.centre(c, torch.zeros(len(c), dtype=torch.int64))
+    half_size = torch.tensor(trainer.image_shape, dtype=torch.float32) / 2
+    distance = ((predicted - real) * half_size).norm(dim=1)  # fibres
+    assert len(rows) > 50 and distance.median() < 1.0, distance.median()
+    assert trainer.placement_rms * half_size.max() < 3.0  # the fit's residual, fibres
+
+
+def test_cosine_schedule_runs_from_the_base_rates_to_the_final_fraction(zn_file, tmp_path):
+    config = tiny_config(zn_file, tmp_path, max_steps=11)
+    config = config_from_dict({**config.to_dict(), "optim": {
+        **config.to_dict()["optim"], "schedule": "cosine", "lr_final_fraction": 0.1}})
+    trainer = Trainer(config)
+    factors = []
+    for step in (0, 5, 10, 20):
+        trainer.step = step
+        factors.append(trainer.learning_rate_factor())
+    assert factors == pytest.approx([1.0, 0.55, 0.1, 0.1])
+    trainer.step = 5
+    trainer._apply_schedule()
+    assert trainer.opt_generator.param_groups[0]["lr"] == pytest.approx(
+        0.55 * config.optim.lr_generator)
+    assert trainer.opt_discriminator.param_groups[0]["lr"] == pytest.approx(
+        0.55 * config.optim.lr_discriminator)

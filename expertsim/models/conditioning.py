@@ -26,6 +26,8 @@ N_CONDITIONS = 9
 N_DERIVED = 6
 DISTANCE_CM = 11250.0  # interaction point to the ZDC faces, ~112.5 m (ALICE ZDC)
 LENGTH_SCALE_CM = 10.0  # impact coordinates in units of the calorimeters' size (7-22 cm)
+N_PLACEMENT = N_CONDITIONS + 5  # inputs of the linear shower-placement map (placement())
+PLACEMENT_CLAMP = 100.0
 
 
 class ConditionFeatures(nn.Module):
@@ -47,6 +49,26 @@ class ConditionFeatures(nn.Module):
         self.scale_K.copy_(torch.as_tensor(scale_K, dtype=torch.float32))
 
     def forward(self, c_BK: torch.Tensor) -> torch.Tensor:
+        impact_x, impact_y, tx, ty, bending, energy = self._kinematics(c_BK)
+        derived_BD = torch.stack([
+            _asinh(impact_x / LENGTH_SCALE_CM), _asinh(impact_y / LENGTH_SCALE_CM),
+            _asinh(1e3 * tx), _asinh(1e3 * ty), _asinh(1e3 * bending),
+            torch.log(energy.clamp(min=1e-3))], dim=1)
+        return torch.cat([c_BK, derived_BD], dim=1)
+
+    def placement(self, c_BK: torch.Tensor) -> torch.Tensor:
+        """c_BK (scaled) -> (B, N_PLACEMENT): the scaled conditions, then the straight-line
+        impact x and y (in ``LENGTH_SCALE_CM``), q/p (1/TeV) and the angles (mrad), linear
+        and clamped to +-``PLACEMENT_CLAMP``. Where a particle lands on the face is linear in
+        these (a magnet's kick is linear in q/p), so a linear map of them places a shower;
+        the raw vertex stays in for files that give it at the face."""
+        impact_x, impact_y, tx, ty, bending, _ = self._kinematics(c_BK)
+        linear_BL = torch.stack([impact_x / LENGTH_SCALE_CM, impact_y / LENGTH_SCALE_CM,
+                                 1e3 * bending, 1e3 * tx, 1e3 * ty], dim=1)
+        return torch.cat([c_BK, linear_BL.clamp(-PLACEMENT_CLAMP, PLACEMENT_CLAMP)], dim=1)
+
+    def _kinematics(self, c_BK: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Raw (impact x [cm], impact y [cm], px/|pz|, py/|pz|, q/p [1/GeV], E [GeV])."""
         raw_BK = c_BK * self.scale_K + self.mean_K
         energy, vx, vy, vz, px, py, pz, _, charge = raw_BK.unbind(1)
         side = torch.where(pz < 0, -torch.ones_like(pz), torch.ones_like(pz))
@@ -54,12 +76,7 @@ class ConditionFeatures(nn.Module):
         tx, ty = px / abs_pz, py / abs_pz
         path = DISTANCE_CM - side * vz
         momentum = torch.sqrt(px * px + py * py + pz * pz).clamp(min=1e-6)
-        derived_BD = torch.stack([
-            _asinh((vx + tx * path) / LENGTH_SCALE_CM),
-            _asinh((vy + ty * path) / LENGTH_SCALE_CM),
-            _asinh(1e3 * tx), _asinh(1e3 * ty), _asinh(1e3 * charge / momentum),
-            torch.log(energy.clamp(min=1e-3))], dim=1)
-        return torch.cat([c_BK, derived_BD], dim=1)
+        return vx + tx * path, vy + ty * path, tx, ty, charge / momentum, energy
 
 
 def _asinh(x: torch.Tensor) -> torch.Tensor:

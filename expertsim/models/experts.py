@@ -2,29 +2,77 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from expertsim.models.conditioning import (N_CONDITIONS, N_DERIVED, ConditionFeatures,
-                                           centred_coordinates)
+from expertsim.models.conditioning import (N_CONDITIONS, N_DERIVED, N_PLACEMENT,
+                                           ConditionFeatures, centred_coordinates)
 from expertsim.models.layers import ExpertConv2d, ExpertLinear
 
 CONDITIONINGS = ("plain", "positional")
 POSITION_HIDDEN = 32
+RIDGE = 1e-3  # of the placement fit, relative to standardised inputs
+CENTRE_LIMIT = 2.0  # shower centres beyond one half-size outside the face are all alike
 
 
 class _PositionHead(nn.Module):
-    """Per expert: conditioning features (B, F) -> shower centre (B, 2) (row, column) in units
-    of the image half-size, 0 at the image centre."""
+    """Per expert: shower centre (B, 2) (row, column) in units of the image half-size, 0 at the
+    image centre = a linear map of the placement inputs (ConditionFeatures.placement) + a small
+    MLP of the conditioning features. :meth:`calibrate` sets the linear map by least squares
+    to the real showers' centroids before training, and zeroes the MLP's output, so training
+    starts with showers where the particles hit and learns the corrections. The centre is
+    clamped to +-CENTRE_LIMIT: an extrapolated fit never sends a coordinate channel far off."""
 
     def __init__(self, n_experts: int, in_features: int) -> None:
         super().__init__()
         self.hidden = ExpertLinear(n_experts, in_features, POSITION_HIDDEN)
         self.out = ExpertLinear(n_experts, POSITION_HIDDEN, 2)
+        self.linear = ExpertLinear(n_experts, N_PLACEMENT, 2)
+        with torch.no_grad():
+            self.linear.weight.zero_()
+            self.linear.bias.zero_()
 
-    def draw(self, features_BF: torch.Tensor, apply) -> torch.Tensor:
-        return apply(self.out, F.leaky_relu(apply(self.hidden, features_BF), 0.2))
+    def draw(self, features_BF: torch.Tensor, placement_BP: torch.Tensor, apply) -> torch.Tensor:
+        centre_B2 = (apply(self.out, F.leaky_relu(apply(self.hidden, features_BF), 0.2))
+                     + apply(self.linear, placement_BP))
+        return centre_B2.clamp(-CENTRE_LIMIT, CENTRE_LIMIT)
+
+    @torch.no_grad()
+    def calibrate(self, placement_NP: torch.Tensor, centre_N2: torch.Tensor) -> float:
+        """Ridge least-squares fit of the linear map to ``centre_N2`` (standardised inputs,
+        ridge RIDGE: nearly collinear inputs, such as a vertex that barely varies, get small
+        weights instead of large cancelling ones that would amplify float32 rounding), the
+        same for every expert; returns the fit's RMS residual (half-sizes)."""
+        x_NP, y_N2 = placement_NP.double(), centre_N2.double()
+        mean_P, std_P = x_NP.mean(dim=0), x_NP.std(dim=0)
+        # an input constant up to float32 rounding is left out (its weight would scale noise)
+        constant_P = std_P <= 1e-5 * mean_P.abs().clamp(min=1.0)
+        std_P = torch.where(constant_P, torch.full_like(std_P, math.inf), std_P)
+        z_NP = (x_NP - mean_P) / std_P
+        gram_PP = z_NP.T @ z_NP / len(z_NP) + RIDGE * torch.eye(len(mean_P), dtype=x_NP.dtype,
+                                                                device=x_NP.device)
+        beta_P2 = torch.linalg.solve(gram_PP, z_NP.T @ (y_N2 - y_N2.mean(dim=0)) / len(z_NP))
+        weight_P2 = beta_P2 / std_P.unsqueeze(1)
+        bias_2 = y_N2.mean(dim=0) - mean_P @ weight_P2
+        residual = (x_NP @ weight_P2 + bias_2 - y_N2).pow(2).sum(dim=1).mean().sqrt()
+        self.linear.weight.copy_(weight_P2.to(self.linear.weight.dtype))
+        self.linear.bias.copy_(bias_2.to(self.linear.bias.dtype))
+        self.out.weight.zero_()
+        self.out.bias.zero_()
+        return float(residual)
+
+
+def calibrate_position(network: nn.Module, c_NK: torch.Tensor, centre_N2: torch.Tensor
+                       ) -> float | None:
+    """Fit a generator's or discriminator's shower-placement map to the real centroids
+    ``centre_N2`` of events with scaled conditions ``c_NK`` (see _PositionHead.calibrate);
+    None for plain conditioning."""
+    if network.position is None:
+        return None
+    return network.position.calibrate(network.features.placement(c_NK), centre_N2)
 
 
 def _conditioning(kind: str) -> tuple[ConditionFeatures | None, int, int]:
@@ -73,11 +121,21 @@ class ExpertGenerator(nn.Module):
         """Every event of the batch drawn by one expert (plain layers, no dispatch)."""
         return self._draw(z_BZ, c_BK, lambda layer, x: layer.single(x, expert))
 
+    def centre(self, c_BK: torch.Tensor, expert_B: torch.Tensor) -> torch.Tensor | None:
+        """The shower centre (B, 2) each event's expert predicts (positional conditioning;
+        None otherwise), in image half-sizes from the image centre."""
+        if self.position is None:
+            return None
+        mode = self.dispatch
+        return self.position.draw(self.features(c_BK), self.features.placement(c_BK),
+                                  lambda layer, x: layer(x, expert_B, mode))
+
     def _draw(self, z_BZ: torch.Tensor, c_BK: torch.Tensor, apply) -> torch.Tensor:
         f_BF = c_BK if self.features is None else self.features(c_BK)
         h = F.leaky_relu(apply(self.dense, torch.cat([z_BZ, f_BF], dim=1)), 0.2)
         h = h.view(-1, 2 * self.channels, *self.seed_shape)
-        centre_B2 = None if self.position is None else self.position.draw(f_BF, apply)
+        centre_B2 = (None if self.position is None
+                     else self.position.draw(f_BF, self.features.placement(c_BK), apply))
         h = F.interpolate(h, scale_factor=2.0, mode="nearest")
         h = F.leaky_relu(apply(self.conv1, self._place(h, centre_B2)), 0.2)
         h = F.interpolate(h, scale_factor=2.0, mode="nearest")
@@ -124,7 +182,8 @@ class ExpertDiscriminator(nn.Module):
         f_BF = c_BK if self.features is None else self.features(c_BK)
         h = x_BHW.unsqueeze(1)
         if self.position is not None:
-            centre_B2 = self.position.draw(f_BF, lambda layer, x: layer(x, expert_B, mode))
+            centre_B2 = self.position.draw(f_BF, self.features.placement(c_BK),
+                                           lambda layer, x: layer(x, expert_B, mode))
             h = centred_coordinates(h, centre_B2, self.image_shape, self.image_shape)
         h = F.leaky_relu(self.conv1(h, expert_B, mode), 0.2)
         h = F.leaky_relu(self.conv2(h, expert_B, mode), 0.2)

@@ -69,6 +69,43 @@ def pixel_likelihood(fake_BHW: torch.Tensor, real_BHW: torch.Tensor,
     return deviance.mean(dim=(1, 2))
 
 
+def image_centroid(image_BHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Photon-weighted centroid (row, column) of log(1 + photons) images, shape (B, 2), in
+    units of the image half-size with 0 at the image centre (the frame of
+    ``expertsim.models.conditioning.centred_coordinates``), and 1 for a non-empty image (B,).
+    An empty image gets the centre (0, 0) and 0."""
+    photons_BHW = torch.expm1(image_BHW.float()).clamp(min=0)
+    rows, cols = photons_BHW.shape[1:]
+    total_B = photons_BHW.sum(dim=(1, 2))
+    row_R = (torch.arange(rows, device=photons_BHW.device) + 0.5) * (2.0 / rows) - 1.0
+    col_C = (torch.arange(cols, device=photons_BHW.device) + 0.5) * (2.0 / cols) - 1.0
+    safe_B = total_B.clamp(min=EPS)
+    centre_B2 = torch.stack([photons_BHW.sum(dim=2) @ row_R / safe_B,
+                             photons_BHW.sum(dim=1) @ col_C / safe_B], dim=1)
+    return centre_B2, (total_B > 0).float()
+
+
+def centroid(fake_BHW: torch.Tensor, real_BHW: torch.Tensor,
+             centre_B2: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared distance, in image half-sizes, between the centroid of the generated
+    expectation and that of the real response of the same particle, per event; plus, when the
+    generator predicts a shower centre (positional conditioning), the same distance for that
+    centre. Events with an empty real image count 0.
+
+    Why (ours, not published): in the built-in Monte Carlo the centroid of a shower follows
+    the particle's impact point to a third of a fibre, but the adversarial and pixel terms
+    teach this slowly; after a few hundred steps the generators drew their showers near the
+    image centre whatever the conditions (centroids 8x further from the MC's than the
+    repeat-to-repeat spread). A direct, paired target on the place fixes that in a few steps.
+    """
+    real_B2, valid_B = image_centroid(real_BHW)
+    fake_B2, _ = image_centroid(fake_BHW)
+    loss_B = ((fake_B2 - real_B2) ** 2).sum(dim=1)
+    if centre_B2 is not None:
+        loss_B = loss_B + ((centre_B2.float() - real_B2) ** 2).sum(dim=1)
+    return loss_B * valid_B
+
+
 def auxiliary(predicted_B2: torch.Tensor, true_B2: torch.Tensor, valid_B: torch.Tensor
               ) -> torch.Tensor:
     """MSE between the regressor's brightest-fibre position on G's image and the true one.
