@@ -590,7 +590,13 @@ class Trainer:
         if config_from_dict(config).model != self.config.model:
             raise CheckpointError(f"{path}: its model section differs from this run's config; "
                                   "resume with the config the checkpoint was made with")
-        self.load_state_dict(state)
+        try:
+            self.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError) as error:
+            raise CheckpointError(
+                f"{path}: its networks do not fit this version's ({str(error).splitlines()[0]}); "
+                "it was probably written by an older ExpertSim: start over with --no-resume or "
+                "another train.output_dir") from None
 
     def save_checkpoint(self, name: str) -> Path:
         return save_checkpoint(self.output_dir / name, config=self.config.to_dict(),

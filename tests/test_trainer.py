@@ -232,3 +232,17 @@ def test_cosine_schedule_runs_from_the_base_rates_to_the_final_fraction(zn_file,
         0.55 * config.optim.lr_generator)
     assert trainer.opt_discriminator.param_groups[0]["lr"] == pytest.approx(
         0.55 * config.optim.lr_discriminator)
+
+
+def test_a_checkpoint_from_other_networks_is_refused_with_a_clear_error(zn_file, tmp_path):
+    """A checkpoint whose weights miss a layer of this version's networks (an older release)
+    gets a CheckpointError naming the file and the way out, not torch's traceback."""
+    from expertsim.checkpoint import load_checkpoint, save_checkpoint
+    from expertsim.errors import CheckpointError
+
+    Trainer(tiny_config(zn_file, tmp_path, max_steps=1)).fit()
+    config, state = load_checkpoint(tmp_path / "checkpoint_last.pt")
+    state["generator"].pop("conv1.weight")
+    save_checkpoint(tmp_path / "old.pt", config=config, state=state)
+    with pytest.raises(CheckpointError, match="old.pt.*--no-resume"):
+        Trainer(tiny_config(zn_file, tmp_path)).resume_from(tmp_path / "old.pt")
