@@ -108,6 +108,11 @@ def train_run(config: ExperimentConfig, *, resume: bool = True,
             tracker.finish("FAILED")
             raise
         tracker.finish("KILLED" if result.status == "preempted" else "FINISHED")
+        if context.enabled:
+            # rank 0 validates and writes files after the last step while the others are done:
+            # leave together, or a rank that tears its process group down early can abort
+            # ("terminate called without an active exception", seen once in CI)
+            dist.barrier()
         return result
     finally:
         shutdown(context)
