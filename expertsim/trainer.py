@@ -247,6 +247,7 @@ class Trainer:
         """Positional conditioning: fit the shower-placement maps of generators and
         discriminators to the centroids of up to CALIBRATION_EVENTS training showers (the same
         rows on every rank). A resumed run then loads its trained weights over them."""
+        self.placement_rms: float | None = None  # the generator fit's RMS residual
         if self.generator.position is None:
             return
         data = self.config.data
@@ -592,6 +593,8 @@ class Trainer:
                                   "resume with the config the checkpoint was made with")
         try:
             self.load_state_dict(state)
+        except CheckpointError as error:
+            raise CheckpointError(f"{path}: {error}") from None
         except (RuntimeError, KeyError, ValueError) as error:
             raise CheckpointError(
                 f"{path}: its networks do not fit this version's ({str(error).splitlines()[0]}); "
