@@ -20,11 +20,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -e '.[dev]'
 	touch $@
 
-# Main job on built-in data: simulate and train the 3-expert smoke model, simulate an independent
-# held-out Monte Carlo sample (every particle twice, for the matched noise floor), generate on its
-# conditions and validate, score the nearest-neighbour lookup table of the training events the
-# same way (the baseline to beat), then export the model for ALICE O2 (ONNX, checked in ONNX
-# Runtime); ends with the headline numbers and where the reports, the export and the runs are.
+# Main job on built-in data: simulate and train the 3-expert smoke model (with its empty-response
+# gate), simulate an independent held-out Monte Carlo sample (every particle twice, for the
+# matched noise floor), generate on its conditions and validate the generators on the events
+# with light, score the nearest-neighbour lookup table of the training events the same way (the
+# baseline to beat), validate the whole system (gate first) on all events, export the model for
+# ALICE O2 (generator and classifier ONNX, checked in ONNX Runtime), and score the export run the
+# way O2 runs it (the replica: batch 1, one thread, truncation, O2's pixel order) against the
+# package's all-events report. Ends with where the reports, the export and the runs are.
 run: setup
 	$(BIN)/expertsim train --config training/smoke.yaml
 	test -f data/smoke_zn_mc.h5 || $(BIN)/expertsim simulate --detector zn -n 10000 --repeat 2 \
@@ -33,7 +36,11 @@ run: setup
 		--min-photon-sum 1 -o runs/smoke/report
 	$(BIN)/expertsim validate --lookup data/smoke_zn.h5 --reference data/smoke_zn_mc.h5 \
 		--min-photon-sum 1 -o runs/smoke/lookup_report
+	$(BIN)/expertsim validate --model runs/smoke/model.pt --reference data/smoke_zn_mc.h5 \
+		-o runs/smoke/report_all
 	$(BIN)/expertsim export --model runs/smoke/model.pt --format onnx -o runs/smoke/onnx
+	$(BIN)/expertsim validate --export runs/smoke/onnx --reference data/smoke_zn_mc.h5 \
+		-o runs/smoke/o2_report --against runs/smoke/report_all
 	@echo "MLflow runs: sqlite:///mlflow.db, experiment expertsim-smoke" \
 		"(browse: pip install mlflow; mlflow ui --backend-store-uri sqlite:///mlflow.db)"
 

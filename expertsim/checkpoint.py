@@ -8,7 +8,8 @@ checkpoint: {"format": "expertsim-checkpoint", "version", "config" (JSON), "stat
 trainer's state_dict: model and optimizer states, epoch, step, RNG states), "scaler"}
 model file: {"format": "expertsim-model", "version", "config" (JSON), "detector",
 "image_shape", "router", "generator" (state dicts), "scaler": {"mean", "scale"},
-"provenance" (JSON)}
+"provenance" (JSON), optionally "gate" (state dict of the empty-response gate) and "gate_info"
+(JSON: its size and training report)}
 
 This module is the only one that knows those keys: the rest of the package reads a model file
 as a :class:`ModelFile` (and, to run it, as an ``expertsim.trained_model.TrainedModel``).
@@ -80,6 +81,8 @@ class ModelFile:
     scaler: Scaler  # the condition scaler the model was trained with
     provenance: dict[str, Any]
     version: str = __version__  # package version that wrote the file
+    gate: dict[str, torch.Tensor] | None = None  # the empty-response gate (expertsim.gate)
+    gate_info: dict[str, Any] | None = None  # its hidden width and training report
 
 
 def save_model_file(path: str | os.PathLike, model: ModelFile) -> Path:
@@ -90,6 +93,8 @@ def save_model_file(path: str | os.PathLike, model: ModelFile) -> Path:
         "scaler": {"mean": torch.as_tensor(model.scaler.mean, dtype=torch.float64),
                    "scale": torch.as_tensor(model.scaler.scale, dtype=torch.float64)},
         "provenance": json.dumps(model.provenance, default=str),
+        **({} if model.gate is None else {
+            "gate": model.gate, "gate_info": json.dumps(model.gate_info, default=str)}),
     }, path)
 
 
@@ -102,7 +107,9 @@ def load_model_file(path: str | os.PathLike) -> ModelFile:
             image_shape=tuple(int(v) for v in payload["image_shape"]),
             router=payload["router"], generator=payload["generator"],
             scaler=Scaler(payload["scaler"]["mean"].numpy(), payload["scaler"]["scale"].numpy()),
-            provenance=json.loads(payload["provenance"]), version=str(payload["version"]))
+            provenance=json.loads(payload["provenance"]), version=str(payload["version"]),
+            gate=payload.get("gate"),
+            gate_info=json.loads(payload["gate_info"]) if "gate" in payload else None)
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise CheckpointError(f"{path}: an incomplete expertsim-model file ({type(error).__name__}"
                               f": {error}); train it again (expertsim train)") from None

@@ -188,6 +188,23 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    """The empty-response gate (expertsim.gate), trained before the generators on every event
+    of the train split, empty ones included; stored in model.pt. Choices, not published: a
+    few seconds on a CPU and calibrated on the built-in files (README, "ALICE O2")."""
+
+    enabled: bool = True
+    steps: int = 1500
+    batch_size: int = 2048
+    lr: float = 3e-3
+    hidden: int = 64
+
+    def __post_init__(self) -> None:
+        _positive("gate", steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                  hidden=self.hidden)
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     enabled: bool = True
     uri: str = "sqlite:///mlflow.db"  # a local store in the working directory
@@ -203,6 +220,7 @@ class ExperimentConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:

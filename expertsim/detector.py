@@ -19,10 +19,13 @@ names (``CHANNEL_CONVENTIONS``); every channel number the package reports says w
     expertsim-paper  the other parity: (i + j) odd -> 2 x 2 quadrants, even -> channel 5 (the
                      ExpertSim authors' code).
     o2-hits          what O2's reconstruction sees (FastSimToHits): (i + j) odd -> towers,
-                     even -> the common PMT; ZN towers in 2 x 2 quadrants as above, ZP's four
-                     towers side by side along its 56-fibre axis (tower int(4 i / 56) + 1).
+                     even -> the common PMT. O2 numbers its towers by x (our rows i) first:
+                     ZN Ch1 i < H/2, j < W/2; Ch2 i >= H/2, j < W/2; Ch3 i < H/2, j >= W/2;
+                     Ch4 i >= H/2, j >= W/2 (the paper's quadrants with 2 and 3 swapped); ZP's
+                     four towers side by side along its 56-fibre axis (tower int(4 i / 56) + 1).
 
-For ZN, expertsim-paper and o2-hits coincide.
+For ZN, expertsim-paper and o2-hits have the same five channels, towers 2 and 3 swapped (the
+mean channel-WS is the same).
 
 Legend for array names: N events, H rows, W columns, C = 5 channels.
 """
@@ -112,8 +115,10 @@ def channel_index(shape: tuple[int, int],
     i = np.arange(rows)[:, None]
     j = np.arange(cols)[None, :]
     tower = (i >= rows // 2) * 2 + (j >= cols // 2)
-    if convention == "o2-hits" and tuple(shape) == DETECTORS["ZP"].shape:
-        tower = np.broadcast_to(4 * i // rows, (rows, cols))
+    if convention == "o2-hits":
+        tower = (np.broadcast_to(4 * i // rows, (rows, cols))
+                 if tuple(shape) == DETECTORS["ZP"].shape
+                 else (i >= rows // 2) + (j >= cols // 2) * 2)
     on_towers = (i % 2 == j % 2) if convention == "o2-debug" else ((i + j) % 2 == 1)
     index = np.where(on_towers, tower, 4)
     index.setflags(write=False)

@@ -1,22 +1,44 @@
-"""Export a trained model for ALICE O2's ZDC fast simulation (ONNX Runtime), and check it.
+"""Export a trained model for ALICE O2's ZDC fast simulation, in the form O2 consumes, and
+check it.
 
-The O2 contract (SOURCES.md): input 0 ``noise`` (batch, 10) standard normal, input 1
-``conditions`` (batch, 9) scaled as (x - mean) / scale, output 0 ``image`` (batch, H, W) in
-log(1 + photons); float32; dynamic batch. An export directory holds:
+O2 (SOURCES.md, "How ALICE O2 runs a fast-simulation model") runs, per primary particle: a
+classifier on the nine scaled conditions whose first output it rounds to a class (0 = no
+light: nothing more is done), then the generator on (noise (1, 10), scaled conditions (1, 9)); it turns every output pixel into
+``nphe = (int)expm1(pixel)`` photons, reading the output as a flat array indexed
+``Nx * y + x`` with (Nx, Ny) = (44, 44) for ZN and (56, 30) for ZP, and makes hits with its
+own channel mapping. An export directory holds what that needs:
 
-    model.onnx      the router (hard routing) and the experts, one graph
-    scales.txt      O2's scaler format: "#means", nine numbers one per line, a blank line,
-                    "#scales", nine numbers (order E, vx, vy, vz, px, py, pz, mass, charge)
-    model.json      detector, shapes, input/output names, opset, versions, hashes, check result
+    model.onnx             the generator: router, experts and the counting step in one graph.
+                           Inputs ``noise`` (batch, 10) standard normal and ``conditions``
+                           (batch, 9) scaled as (x - mean) / scale. Output 0 ``image``
+                           (batch, W, H): photon counts k drawn inside the graph (Poisson, given
+                           at least one photon, as ``expertsim sample`` draws them), encoded as
+                           log(1 + k + HIT_MARGIN) for k >= 1 and 0 for k = 0, so that O2's
+                           truncation gives k exactly (log1p(k) alone can come back as k - 1 in
+                           float32); laid out (y, x) with x along the detector's rows (the
+                           package's axis 0): the flat index is Nx * y + x as O2 reads it.
+                           Output 1 ``expected``: log(1 + expected photons), same layout.
+    scales.txt             O2's scaler format: "#means", nine numbers one per line, a blank
+                           line, "#scales", nine numbers (order E, vx, vy, vz, px, py, pz,
+                           mass [MeV], charge)
+    classifier.onnx        the empty-response gate: input ``conditions`` (batch, 9) scaled;
+                           output 0 ``leaves_light`` (batch, 1): 1.0 or 0.0 drawn with the
+                           gate's probability (O2's rounding keeps it), output 1 ``probability``
+    classifier_scales.txt  the classifier's scales (the same numbers; O2 reads two files)
+    model.json             detector, shapes, names, the O2 settings to use, every convention
+                           above, versions, hashes, the check's result
 
-The check (``check_export``) runs the ONNX file in ONNX Runtime on random conditions, scaled
-from raw values the way O2 does it, against PyTorch on the same noise, and computes the five
-channels with O2's flat-index rule against the package's own channel sums.
+The check (``check_export``) runs both graphs in ONNX Runtime on random conditions scaled as
+O2 scales them (float32) against PyTorch on the same noise: the expectations agree, every
+pixel decodes to a whole number by O2's truncation, O2's hit channels summed from the flat
+output equal the package's ``o2-hits`` channel sums of the same counts, and the drawn photon
+sums and gate decisions agree with their expectations within 5 standard errors.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -28,19 +50,32 @@ import numpy as np
 import torch
 
 from expertsim import __version__
-from expertsim.detector import N_CHANNELS, channel_sums
-from expertsim.errors import ExpertSimError
+from expertsim.detector import channel_sums
+from expertsim.errors import ConfigError, ExpertSimError
 from expertsim.eventfile import CONDITION_COLUMNS, CONDITION_UNITS
+from expertsim.models.counting import N_SPLIT, nonempty_counts
+from expertsim.o2 import decode_pixels, hit_channel_sums, read_o2_scales
 from expertsim.provenance import file_sha256, make_provenance
 from expertsim.scaler import Scaler
 from expertsim.trained_model import TrainedModel
 
 DEFAULT_OPSET = 17  # ONNX Runtime 1.13 and later run it
 INPUT_NAMES = ("noise", "conditions")
-OUTPUT_NAMES = ("image",)
+OUTPUT_NAMES = ("image", "expected")
+CLASSIFIER_INPUT_NAMES = ("conditions",)
+CLASSIFIER_OUTPUT_NAMES = ("leaves_light", "probability")
+# photons added to a non-zero count before the log (module docstring): float32 keeps O2's
+# decoding exact up to ~9e4 photons in one fibre (tests; the largest published event holds
+# 3,360 in all), and O2's debug channel sum (expm1 without truncation) gains 0.05 a hit fibre
+HIT_MARGIN = 0.05
 # float32 through a few convolutions: the two runtimes differ by ~1e-6 in log(1 + photons)
 LOG_TOLERANCE = 1e-4
-CHANNEL_RELATIVE_TOLERANCE = 1e-4
+PROBABILITY_TOLERANCE = 1e-4
+MAX_Z = 5.0  # drawn photon sums and gate decisions against their expectations
+EXPORT_FILES = ("model.onnx", "scales.txt", "classifier.onnx", "classifier_scales.txt",
+                "model.json")
+O2_SETTINGS = {"ZN": ("ZDCFastSimModelPathNeutron", "ZDCFastSimModelScalesNeutron"),
+               "ZP": ("ZDCFastSimModelPathProton", "ZDCFastSimModelScalesProton")}
 
 
 class ExportCheckError(ExpertSimError):
@@ -50,28 +85,65 @@ class ExportCheckError(ExpertSimError):
 @dataclass(frozen=True)
 class ExportCheck:
     n_events: int
-    max_abs_log_difference: float  # ONNX Runtime vs PyTorch, log(1 + photons)
+    max_abs_log_difference: float  # ONNX Runtime vs PyTorch, log(1 + expected photons)
     log_tolerance: float
-    max_channel_relative_difference: float  # O2-way channels (ORT) vs package's (PyTorch)
-    channel_tolerance: float
+    max_decoding_error: float | None  # |expm1(pixel) - (k + margin)|, float32; None: no counts
+    max_channel_difference: float | None  # O2 hit channels vs package o2-hits, photons
+    photon_sum_z: float | None  # drawn photon sums vs their expectation, standard errors
+    max_abs_probability_difference: float | None  # classifier vs PyTorch gate
+    leaves_light_z: float | None  # drawn gate decisions vs the probabilities
     mean_photon_sum: float  # of the expected counts, to judge the scale of the above
     events_per_expert: list[int]  # which of the graph's expert branches the check ran
 
     @property
     def passed(self) -> bool:
-        return (self.max_abs_log_difference <= self.log_tolerance
-                and self.max_channel_relative_difference <= self.channel_tolerance)
+        counting = self.max_decoding_error is None or (
+            self.max_decoding_error < HIT_MARGIN / 2 and self.max_channel_difference == 0
+            and abs(self.photon_sum_z) <= MAX_Z)
+        gate = self.max_abs_probability_difference is None or (
+            self.max_abs_probability_difference <= PROBABILITY_TOLERANCE
+            and abs(self.leaves_light_z) <= MAX_Z)
+        return self.max_abs_log_difference <= self.log_tolerance and counting and gate
 
 
-class _O2Graph(torch.nn.Module):
-    """The mixture with O2's signature: (noise, scaled conditions) -> image only."""
+def to_o2_order(image_BHW: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) with rows along x -> (B, W, H): row-major flat index Nx * y + x (Nx = H)."""
+    return image_BHW.transpose(1, 2)
 
-    def __init__(self, mixture) -> None:
+
+class _O2Generator(torch.nn.Module):
+    """The mixture with O2's signature: (noise, scaled conditions) -> (image, expected)."""
+
+    def __init__(self, mixture, counts: bool) -> None:
         super().__init__()
-        self.mixture = mixture
+        self.mixture, self.counts = mixture, counts
 
-    def forward(self, noise: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
-        return self.mixture(noise, conditions)[0]
+    def forward(self, noise: torch.Tensor, conditions: torch.Tensor):
+        log_expected_BHW = self.mixture(noise, conditions)[0]
+        expected = to_o2_order(log_expected_BHW)
+        if not self.counts:
+            return expected, expected
+        # exp(x) - 1 and log(1 + x): the exporter has no expm1 / log1p; at these magnitudes
+        # (photons >= 1 or exactly 0) the rounding is far below the decoding margin
+        expected_BP = (torch.exp(log_expected_BHW.float()) - 1.0).clamp(min=0.0).flatten(1)
+        counts_BP = nonempty_counts(expected_BP, torch.rand_like(expected_BP),
+                                    torch.randn_like(expected_BP),
+                                    torch.rand_like(expected_BP[:, 0]),
+                                    torch.rand_like(expected_BP[:, :N_SPLIT]))
+        encoded_BP = torch.log(1.0 + counts_BP + HIT_MARGIN * (counts_BP > 0).float())
+        return to_o2_order(encoded_BP.view_as(log_expected_BHW)), expected
+
+
+class _O2Classifier(torch.nn.Module):
+    """The gate with O2's classifier signature: scaled conditions -> (drawn class, p)."""
+
+    def __init__(self, gate) -> None:
+        super().__init__()
+        self.gate = gate
+
+    def forward(self, conditions: torch.Tensor):
+        probability_B1 = self.gate.probability(conditions)[:, None]
+        return (torch.rand_like(probability_B1) < probability_B1).float(), probability_B1
 
 
 def write_scales_file(path: str | os.PathLike, scaler: Scaler) -> None:
@@ -79,25 +151,6 @@ def write_scales_file(path: str | os.PathLike, scaler: Scaler) -> None:
     lines = ["#means", *(repr(float(v)) for v in scaler.mean), "", "#scales",
              *(repr(float(v)) for v in scaler.scale)]
     Path(path).write_text("\n".join(lines) + "\n")
-
-
-def o2_channel_sums(images_NHW: np.ndarray) -> np.ndarray:
-    """The five channels computed as O2's C++ loop does: over the row-major flat index
-    p = j + W * i of each pixel, i % 2 == j % 2 goes to the quadrant channel, else channel 5.
-
-    Written independently of ``expertsim.detector`` so that one can check the other.
-    """
-    n_events, rows, cols = images_NHW.shape
-    flat_NP = images_NHW.reshape(n_events, rows * cols).astype(np.float64)
-    sums_NC = np.zeros((n_events, N_CHANNELS))
-    for p in range(rows * cols):
-        i, j = divmod(p, cols)
-        if i % 2 == j % 2:
-            channel = (0 if j < cols // 2 else 1) if i < rows // 2 else (2 if j < cols // 2 else 3)
-        else:
-            channel = 4
-        sums_NC[:, channel] += flat_NP[:, p]
-    return sums_NC
 
 
 def onnx_session(path: str | os.PathLike, threads: int | None = None):
@@ -115,116 +168,194 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None):
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def check_export(onnx_path: str | os.PathLike, model: TrainedModel, *,
-                 n_events: int = 1000, seed: int = 0) -> ExportCheck:
-    """Compare ONNX Runtime with PyTorch on ``n_events`` random conditions and noise.
+def _o2_scaled(raw_N9: np.ndarray, scales_path: Path) -> np.ndarray:
+    """Raw conditions scaled in float32 with a scales file, as O2 scales them."""
+    means, scales = read_o2_scales(scales_path)
+    return ((raw_N9.astype(np.float32) - means) / scales).astype(np.float32)
 
-    Raw conditions are drawn around the training distribution (mean + scale * N(0, 1)) and
-    scaled in float32 as O2 does; PyTorch gets the package's own scaling of the same values.
-    """
-    mean, scale = model.scaler.mean, model.scaler.scale
+
+def _zero_truncated_moments(expected_sum_N: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of a Poisson total given at least one photon (0 for no light)."""
+    total = np.asarray(expected_sum_N, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(total > 0, total / -np.expm1(-total), 0.0)
+    return mean, np.maximum(mean * (1.0 + total) - mean ** 2, 0.0)
+
+
+def check_export(export_dir: str | os.PathLike, model: TrainedModel, *,
+                 n_events: int = 1000, seed: int = 0) -> ExportCheck:
+    """Run the exported graphs in ONNX Runtime on ``n_events`` random conditions and noise
+    against PyTorch (module docstring). Raw conditions are drawn around the training
+    distribution (mean + scale * N(0, 1)) and scaled as O2 scales them, from the written
+    scales files; PyTorch gets the package's own scaling of the same values."""
+    import onnxruntime
+
+    export_dir = Path(export_dir)
     rng = np.random.default_rng(seed)
+    onnxruntime.set_seed(seed)
+    mean, scale = model.scaler.mean, model.scaler.scale
     raw_N9 = mean + scale * rng.standard_normal((n_events, len(mean)))
     noise_NZ = rng.standard_normal((n_events, model.noise_dim)).astype(np.float32)
-    # O2 scales in float32 (its own arithmetic, on purpose not the package's Scaler)
-    o2_scaled = ((raw_N9.astype(np.float32) - mean.astype(np.float32))
-                 / scale.astype(np.float32))
-    onnx_NHW = onnx_session(onnx_path).run(
-        None, {INPUT_NAMES[0]: noise_NZ, INPUT_NAMES[1]: o2_scaled})[0]
+    image_NWH, expected_NWH = onnx_session(export_dir / "model.onnx").run(None, {
+        INPUT_NAMES[0]: noise_NZ,
+        INPUT_NAMES[1]: _o2_scaled(raw_N9, export_dir / "scales.txt")})
     torch_NHW, expert_N = model.generate(torch.from_numpy(noise_NZ), model.scale(raw_N9))
-    torch_NHW = torch_NHW.numpy()
-    if onnx_NHW.shape != torch_NHW.shape:
-        raise ExportCheckError(f"{onnx_path}: ONNX output shape {onnx_NHW.shape}, PyTorch "
-                               f"{torch_NHW.shape}")
-    o2_channels = o2_channel_sums(np.expm1(onnx_NHW.astype(np.float64)))
-    package_channels = channel_sums(np.expm1(torch_NHW.astype(np.float64)))
-    channel_scale = np.maximum(np.abs(package_channels), 1.0)
+    torch_NHW = torch_NHW.cpu().numpy()
+    if expected_NWH.shape != torch_NHW.transpose(0, 2, 1).shape:
+        raise ExportCheckError(f"{export_dir}: ONNX output shape {expected_NWH.shape}, "
+                               f"PyTorch {torch_NHW.shape} (transposed for O2)")
+    expected_sum_N = np.expm1(torch_NHW.astype(np.float64)).clip(min=0).sum(axis=(1, 2))
+    counting = _check_counting(image_NWH, expected_sum_N, model.detector.name) \
+        if not np.array_equal(image_NWH, expected_NWH) else {}
     return ExportCheck(
         n_events=n_events,
-        max_abs_log_difference=float(np.abs(onnx_NHW - torch_NHW).max()),
+        max_abs_log_difference=float(np.abs(expected_NWH.transpose(0, 2, 1) - torch_NHW).max()),
         log_tolerance=LOG_TOLERANCE,
-        max_channel_relative_difference=float(
-            (np.abs(o2_channels - package_channels) / channel_scale).max()),
-        channel_tolerance=CHANNEL_RELATIVE_TOLERANCE,
-        mean_photon_sum=float(package_channels.sum(axis=1).mean()),
-        events_per_expert=np.bincount(expert_N.numpy(), minlength=model.n_experts).tolist())
+        max_decoding_error=counting.get("max_decoding_error"),
+        max_channel_difference=counting.get("max_channel_difference"),
+        photon_sum_z=counting.get("photon_sum_z"),
+        **_check_classifier(export_dir, model, raw_N9),
+        mean_photon_sum=float(expected_sum_N.mean()),
+        events_per_expert=np.bincount(expert_N.cpu().numpy(),
+                                      minlength=model.n_experts).tolist())
 
 
-def _declare_image_shape(onnx_path: Path, image_shape: tuple[int, int]) -> None:
-    """Write the static image size into the graph's output type (the tracer names it only
-    symbolically after the expert scatter), then let onnx's checker validate the graph."""
-    try:
-        import onnx
-    except ImportError:
-        raise ExpertSimError("the onnx package is not installed: pip install 'expertsim[onnx]'") \
-            from None
-    graph = onnx.load(str(onnx_path))
-    dims = graph.graph.output[0].type.tensor_type.shape.dim
-    for dim, size in zip(dims[1:], image_shape):
-        dim.Clear()
-        dim.dim_value = size
-    onnx.checker.check_model(graph)
-    onnx.save(graph, str(onnx_path))
+def _check_counting(image_NWH: np.ndarray, expected_sum_N: np.ndarray, detector: str
+                    ) -> dict[str, float]:
+    """Decoding, O2 channel mapping and photon statistics of the drawn counts."""
+    flat_NP = image_NWH.reshape(len(image_NWH), -1)
+    nphe_NP = decode_pixels(flat_NP)
+    margin_NP = np.where(nphe_NP > 0, nphe_NP + HIT_MARGIN, 0.0)
+    decoding = float(np.abs(np.expm1(flat_NP.astype(np.float32)) - margin_NP).max())
+    counts_NHW = nphe_NP.reshape(image_NWH.shape).transpose(0, 2, 1)
+    channels = float(np.abs(hit_channel_sums(nphe_NP, detector)
+                            - channel_sums(counts_NHW, "o2-hits")).max())
+    mean_N, variance_N = _zero_truncated_moments(expected_sum_N)
+    z = (nphe_NP.sum() - mean_N.sum()) / math.sqrt(max(variance_N.sum(), 1e-12))
+    return {"max_decoding_error": decoding, "max_channel_difference": channels,
+            "photon_sum_z": float(z)}
+
+
+def _check_classifier(export_dir: Path, model: TrainedModel, raw_N9: np.ndarray
+                      ) -> dict[str, float]:
+    from expertsim.gate import gate_probability
+
+    drawn_N1, probability_N1 = onnx_session(export_dir / "classifier.onnx").run(None, {
+        CLASSIFIER_INPUT_NAMES[0]: _o2_scaled(raw_N9, export_dir / "classifier_scales.txt")})
+    reference_N = gate_probability(model.gate, model.scale(raw_N9))
+    p = probability_N1[:, 0].astype(np.float64)
+    spread = math.sqrt(max(float((p * (1 - p)).sum()), 1e-12))
+    return {"max_abs_probability_difference": float(np.abs(p - reference_N).max()),
+            "leaves_light_z": float((drawn_N1.sum() - p.sum()) / spread)}
 
 
 def export_onnx(model_path: str | os.PathLike, output_dir: str | os.PathLike, *,
                 opset: int = DEFAULT_OPSET, check: bool = True, check_events: int = 1000,
-                seed: int = 0) -> tuple[Path, ExportCheck | None]:
-    """Write model.onnx, scales.txt and model.json into ``output_dir``; returns (directory,
+                seed: int = 0, counts: bool = True) -> tuple[Path, ExportCheck | None]:
+    """Write the files of the module docstring into ``output_dir``; returns (directory,
     check result or None).
 
-    The files are written to a temporary directory, checked, and only then moved into place:
-    a failed export or check leaves ``output_dir`` as it was.
+    ``counts=False`` writes the expected photons as output 0 instead of drawn counts: the
+    contract before this version, which O2's truncation empties (kept to show that the
+    replica catches it). The files are written to a temporary directory, checked, and only
+    then moved into place: a failed export or check leaves ``output_dir`` as it was.
     """
     model = TrainedModel.load(model_path)
+    if model.gate is None:
+        raise ConfigError(f"{model_path}: the model has no empty-response gate, and O2 runs no "
+                          "fast simulation without a classifier; train it on a file with empty "
+                          "events (gate.enabled: true)")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export.", dir=output_dir))
     try:
-        onnx_path = staging / "model.onnx"
-        _write_onnx(model, onnx_path, opset)
-        write_scales_file(staging / "scales.txt", model.scaler)
-        result = check_export(onnx_path, model, n_events=check_events, seed=seed) \
+        _write_onnx(_O2Generator(model.mixture, counts), staging / "model.onnx", opset,
+                    (torch.zeros(2, model.noise_dim), torch.zeros(2, len(CONDITION_COLUMNS))),
+                    INPUT_NAMES, OUTPUT_NAMES, model.image_shape[::-1])
+        _write_onnx(_O2Classifier(model.gate), staging / "classifier.onnx", opset,
+                    (torch.zeros(2, len(CONDITION_COLUMNS)),), CLASSIFIER_INPUT_NAMES,
+                    CLASSIFIER_OUTPUT_NAMES, (1,))
+        for name in ("scales.txt", "classifier_scales.txt"):
+            write_scales_file(staging / name, model.scaler)
+        result = check_export(staging, model, n_events=check_events, seed=seed) \
             if check else None
         if result is not None and not result.passed:
             raise ExportCheckError(
-                f"{model_path}: the ONNX model differs from PyTorch (max |log difference| "
-                f"{result.max_abs_log_difference:.3g}, tolerance {result.log_tolerance}; "
-                f"channel relative difference {result.max_channel_relative_difference:.3g}, "
-                f"tolerance {result.channel_tolerance}); nothing was written. A router tie "
-                "flipped by rounding gives this once in a while: try --check-seed")
-        metadata = _metadata(model, onnx_path, opset, result, seed)
+                f"{model_path}: the ONNX export does not reproduce PyTorch "
+                f"({describe_check(result)}); nothing was written. A router tie flipped by rounding gives a large log "
+                "difference once in a while: try --check-seed")
+        metadata = _metadata(model, staging, opset, result, seed, counts)
         (staging / "model.json").write_text(json.dumps(metadata, indent=2, default=str) + "\n")
-        for name in ("model.onnx", "scales.txt", "model.json"):
+        for name in EXPORT_FILES:
             os.replace(staging / name, output_dir / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output_dir, result
 
 
-def _write_onnx(model: TrainedModel, onnx_path: Path, opset: int) -> None:
-    """Trace the mixture into an ONNX graph with O2's signature and a dynamic batch."""
-    example = (torch.zeros(2, model.noise_dim), torch.zeros(2, len(CONDITION_COLUMNS)))
+def describe_check(result: ExportCheck) -> str:
+    """The check's numbers with their limits, for messages."""
+    parts = [f"max |log difference| {result.max_abs_log_difference:.3g} (limit "
+             f"{result.log_tolerance})"]
+    if result.max_decoding_error is not None:
+        parts += [f"decoding error {result.max_decoding_error:.3g} (limit {HIT_MARGIN / 2})",
+                  f"O2 channels vs package {result.max_channel_difference:.3g} photons (limit 0)",
+                  f"photon sums {result.photon_sum_z:+.2f} standard errors (limit {MAX_Z})"]
+    if result.max_abs_probability_difference is not None:
+        parts += [f"gate probability difference {result.max_abs_probability_difference:.3g} "
+                  f"(limit {PROBABILITY_TOLERANCE})",
+                  f"gate decisions {result.leaves_light_z:+.2f} standard errors (limit {MAX_Z})"]
+    return "; ".join(parts)
+
+
+def _write_onnx(graph: torch.nn.Module, onnx_path: Path, opset: int, example: tuple,
+                input_names: tuple[str, ...], output_names: tuple[str, ...],
+                output_shape: tuple[int, ...]) -> None:
+    """Trace ``graph`` into ONNX with a dynamic batch, then declare the outputs' static
+    sizes (the tracer names them only symbolically after the expert scatter) and let onnx's
+    checker validate the graph."""
     with warnings.catch_warnings():
         # torch announces the TorchScript-based exporter's retirement on every call; it is
         # the exporter that handles the data-dependent expert grouping (nonzero), see
         # expertsim.models.router.MixtureOfExperts
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _O2Graph(model.mixture).eval(), example, str(onnx_path), dynamo=False,
-            input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-            dynamic_axes={name: {0: "batch"} for name in (*INPUT_NAMES, *OUTPUT_NAMES)},
+            graph.eval(), example, str(onnx_path), dynamo=False,
+            input_names=list(input_names), output_names=list(output_names),
+            dynamic_axes={name: {0: "batch"} for name in (*input_names, *output_names)},
             opset_version=opset)
-    _declare_image_shape(onnx_path, model.image_shape)
+    try:
+        import onnx
+    except ImportError:
+        raise ExpertSimError("the onnx package is not installed: pip install 'expertsim[onnx]'") \
+            from None
+    model = onnx.load(str(onnx_path))
+    for output in model.graph.output:
+        dims = output.type.tensor_type.shape.dim
+        for dim, size in zip(dims[1:], output_shape):
+            dim.Clear()
+            dim.dim_value = size
+    onnx.checker.check_model(model)
+    onnx.save(model, str(onnx_path))
 
 
-def _metadata(model: TrainedModel, onnx_path: Path, opset: int, result: ExportCheck | None,
-              seed: int) -> dict:
-    """model.json: what the graph takes and gives, and what made it."""
+def _metadata(model: TrainedModel, staging: Path, opset: int, result: ExportCheck | None,
+              seed: int, counts: bool) -> dict:
+    """model.json: what the graphs take and give, how O2 is to use them, what made them."""
+    rows, cols = model.image_shape
+    path_key, scales_key = O2_SETTINGS[model.detector.name]
+    image_meaning = (
+        f"photon counts k drawn in the graph, log(1 + k + {HIT_MARGIN}) for k >= 1, 0 for "
+        "k = 0: O2's (int)expm1(pixel) gives k" if counts else
+        "expected photons per fibre, log(1 + x): O2's (int)expm1 truncation loses every "
+        "fraction (not for O2)")
     return {
         "format": "expertsim-onnx-export",
         "detector": model.detector.name,
-        "image_shape": list(model.image_shape),
+        "image_shape": [rows, cols],
+        "o2_settings": {path_key: "model.onnx", scales_key: "scales.txt",
+                        "ZDCFastSimClassifierPath": "classifier.onnx",
+                        "ZDCFastSimClassifierScales": "classifier_scales.txt"},
         "inputs": [
             {"index": 0, "name": INPUT_NAMES[0], "shape": ["batch", model.noise_dim],
              "dtype": "float32", "meaning": "standard-normal noise"},
@@ -232,18 +363,49 @@ def _metadata(model: TrainedModel, onnx_path: Path, opset: int, result: ExportCh
              "dtype": "float32", "meaning": "conditions scaled as (x - mean) / scale",
              "columns": list(CONDITION_COLUMNS), "units": list(CONDITION_UNITS)}],
         "outputs": [
-            {"index": 0, "name": OUTPUT_NAMES[0], "shape": ["batch", *model.image_shape],
+            {"index": 0, "name": OUTPUT_NAMES[0], "shape": ["batch", cols, rows],
+             "dtype": "float32", "meaning": image_meaning},
+            {"index": 1, "name": OUTPUT_NAMES[1], "shape": ["batch", cols, rows],
              "dtype": "float32", "meaning": "expected photons per fibre, log(1 + x)"}],
+        "classifier": {
+            "inputs": [{"index": 0, "name": CLASSIFIER_INPUT_NAMES[0],
+                        "shape": ["batch", len(CONDITION_COLUMNS)], "dtype": "float32",
+                        "meaning": "conditions scaled with classifier_scales.txt"}],
+            "outputs": [{"index": 0, "name": CLASSIFIER_OUTPUT_NAMES[0], "shape": ["batch", 1],
+                         "meaning": "1.0 leaves light / 0.0 empty, drawn with output 1's "
+                                    "probability (O2 rounds output 0)"},
+                        {"index": 1, "name": CLASSIFIER_OUTPUT_NAMES[1], "shape": ["batch", 1],
+                         "meaning": "P(photon sum >= 1)"}],
+            "training": (model.gate_info or {}).get("report")},
+        "conventions": {
+            "pixel_order": (f"output[b, y, x] with x along the detector's {rows}-fibre axis "
+                            "(the package's image rows) and y along the other: O2's flat index "
+                            f"Nx * y + x with (Nx, Ny) = ({rows}, {cols}); the package's image "
+                            "is the transpose"),
+            "channels": ("O2 FastSimToHits: (x + y) even -> common PMT (channel 5), odd -> "
+                         + ("towers Ch1 x < Nx/2, y < Ny/2; Ch2 x >= Nx/2, y < Ny/2; Ch3 "
+                            "x < Nx/2, y >= Ny/2; Ch4 x >= Nx/2, y >= Ny/2"
+                            if model.detector.name == "ZN" else
+                            "tower int(4 x / Nx) + 1 along the 56-fibre axis")
+                         + "; the package's channel convention 'o2-hits'"),
+            "side": ("one model for both sides: O2 picks side A for pz > 0 and C for pz < 0; "
+                     "the response does not depend on the sign of pz"),
+            "counting": ("Poisson per fibre from uniforms drawn in the graph (inverse CDF up "
+                         "to 20 expected photons, normal above), given at least one photon in "
+                         "the event: as expertsim sample draws" if counts else "none"),
+            "mass_unit": "MeV (O2 passes mass x 1000)",
+        },
         "opset": opset,
-        "scales_file": "scales.txt",
-        "n_experts": model.n_experts,
-        "onnx_sha256": file_sha256(onnx_path),
+        "onnx_sha256": file_sha256(staging / "model.onnx"),
+        "classifier_sha256": file_sha256(staging / "classifier.onnx"),
         "model_sha256": file_sha256(model.path),
+        "n_experts": model.n_experts,
         "torch": torch.__version__,
         "check": None if result is None else {**asdict(result), "passed": result.passed},
         "provenance": make_provenance(made_by="expertsim export", seed=seed,
                                       inputs=[model.path],
-                                      config={"format": "onnx", "opset": opset}),
+                                      config={"format": "onnx", "opset": opset,
+                                              "counts": counts}),
         "model_provenance": model.provenance,
         "package_version": __version__,
     }

@@ -8,6 +8,7 @@ averaged over the channels. Functions warn (stacklevel 2) when a sample is too s
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -252,4 +253,29 @@ def paired_shape_distances(generated: dict[str, np.ndarray], reference: dict[str
                                       generated["centroid_y"] - reference["centroid_y"]),
         "width_difference": np.hypot(generated["width_x"] - reference["width_x"],
                                      generated["width_y"] - reference["width_y"]),
+    }
+
+
+def emptiness_agreement(generated_empty_N: np.ndarray, reference_empty_N: np.ndarray
+                        ) -> dict[str, float]:
+    """Per-particle agreement of empty responses: row k of both arrays is one particle.
+
+    accuracy: fraction of particles where both agree; false_empty: P(generated empty |
+    reference has light); false_non_empty: P(generated light | reference empty); the two
+    empty fractions. NaN where a conditioning set is empty.
+
+    >>> r = emptiness_agreement(np.array([True, False, False]), np.array([True, True, False]))
+    >>> r["false_empty"], r["false_non_empty"], r["n"]
+    (0.0, 0.5, 3)
+    """
+    generated = np.asarray(generated_empty_N, dtype=bool)
+    reference = np.asarray(reference_empty_N, dtype=bool)
+    return {
+        "n": int(len(reference)),
+        "accuracy": float((generated == reference).mean()) if len(reference) else math.nan,
+        "false_empty": float(generated[~reference].mean()) if (~reference).any() else math.nan,
+        "false_non_empty": (float((~generated[reference]).mean()) if reference.any()
+                            else math.nan),
+        "generated_empty_fraction": float(generated.mean()) if len(generated) else math.nan,
+        "reference_empty_fraction": float(reference.mean()) if len(reference) else math.nan,
     }

@@ -10,7 +10,10 @@ expected photons per fibre, expm1(output), and the counts are Poisson draws from
 (seed, output row), so sharding does not change them). Rounding instead would drop every fibre
 below half a photon (37 % of the photons of a smoke model); Poisson draws keep the mean and
 the photon statistics that dominate at these yields (SOURCES.md). Sample files are whole
-photons, like Monte Carlo files, for every later stage.
+photons, like Monte Carlo files, for every later stage. The generators model responses with
+light, so their draws are conditioned on at least one photon; whether a particle leaves light
+at all is the empty-response gate's decision (expertsim.gate), drawn from its probability with
+uniforms of their own stream (seeded by (seed, block), like the noise).
 """
 
 from __future__ import annotations
@@ -91,12 +94,27 @@ def read_conditions(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | N
     return check_conditions(conditions, len(conditions), str(path)), pdg
 
 
+GATE_STREAM = 1 << 40  # offset of the gate's uniforms' seeds from the noise seeds
+
+
 def _noise_rows(seed: int, first: int, stop: int, noise_dim: int) -> torch.Tensor:
     """Standard-normal noise for output rows [first, stop), independent of how rows are split."""
+    return _stream_rows(seed, first, stop, noise_dim, torch.randn, 0)
+
+
+def _gate_uniform_rows(seed: int, first: int, stop: int) -> np.ndarray:
+    """Uniforms in [0, 1) for the gate's decisions on output rows [first, stop) (N,)."""
+    return _stream_rows(seed, first, stop, 1, torch.rand, GATE_STREAM)[:, 0].double().numpy()
+
+
+def _stream_rows(seed: int, first: int, stop: int, width: int, draw, stream: int
+                 ) -> torch.Tensor:
+    """Rows [first, stop) of a random stream drawn in blocks of NOISE_BLOCK rows, block b
+    seeded by (seed, b, stream): the rows do not depend on how a run is split."""
     parts = []
     for block in range(first // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK + 1):
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + block)
-        noise = torch.randn(NOISE_BLOCK, noise_dim, generator=generator)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + block + stream)
+        noise = draw(NOISE_BLOCK, width, generator=generator)
         lo = max(first, block * NOISE_BLOCK) - block * NOISE_BLOCK
         hi = min(stop, (block + 1) * NOISE_BLOCK) - block * NOISE_BLOCK
         parts.append(noise[lo:hi])
@@ -113,16 +131,28 @@ def sample_to_file(
     shard: Shard = Shard(),
     batch_size: int = 4096,
     device: str = "cpu",
+    gate: bool | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Path:
     """Generate ``repeat`` responses per condition of the shard and write an event file.
 
-    The file carries ``/expert`` (the expert each event was routed to), ``/source_row`` (the
-    condition's row in the conditions file) and provenance (model SHA-256, seed, shard).
+    ``gate``: run the model's empty-response gate first (None: when the model has one);
+    particles it stops are written as empty events and cost only the gate. Without it every
+    particle gets a response with light (the generators model those; validate them against
+    Monte Carlo events with photon sum >= 1).
+
+    The file carries ``/expert`` (the expert each event was routed to, -1 for a particle the
+    gate stopped), ``/source_row`` (the condition's row in the conditions file) and provenance
+    (model SHA-256, seed, shard, gate).
     """
     if repeat < 1 or batch_size < 1:
         raise ConfigError("repeat and batch_size must be >= 1")
     model = TrainedModel.load(model_path).to(device)
+    if gate and model.gate is None:
+        raise ConfigError(f"{model_path}: the model has no empty-response gate (its training "
+                          "data had no empty events, or gate.enabled was false); sample "
+                          "without --gate")
+    gate = model.gate is not None if gate is None else gate
     conditions, pdg = read_conditions(conditions_path)
     first_condition, stop_condition = shard.bounds(len(conditions))
     n_rows = (stop_condition - first_condition) * repeat
@@ -135,7 +165,8 @@ def sample_to_file(
         made_by="expertsim sample", seed=seed, inputs=[model_path, conditions_path],
         config={"model_sha256": file_sha256(model_path), "repeat": repeat,
                 "shard": [shard.index, shard.count], "n_conditions": len(conditions),
-                "rows": [first_row, first_row + n_rows], "noise_block": NOISE_BLOCK})
+                "rows": [first_row, first_row + n_rows], "noise_block": NOISE_BLOCK,
+                "gate": gate})
     experts = np.empty(n_rows, dtype=np.int8)
     with EventFileWriter(output, model.detector, n_rows, provenance=provenance,
                          with_pdg=pdg is not None, image_dtype=np.uint32, split_seed=seed,
@@ -143,14 +174,34 @@ def sample_to_file(
         for start in range(0, n_rows, batch_size):
             stop = min(start + batch_size, n_rows)
             raw_B9 = conditions[source_row[start:stop]]
-            z_BZ = _noise_rows(seed, first_row + start, first_row + stop, model.noise_dim)
-            counts, experts[start:stop] = model.sample_counts(
-                z_BZ, model.scale(raw_B9), seed=seed, first_row=first_row + start)
+            counts, experts[start:stop] = _sample_batch(model, raw_B9, seed,
+                                                        first_row + start, gate)
             writer.write(start, counts, raw_B9,
                          None if pdg is None else pdg[source_row[start:stop]])
             if progress is not None:
                 progress(stop - start)
     return Path(output)
+
+
+def _sample_batch(model: TrainedModel, raw_B9: np.ndarray, seed: int, first_row: int,
+                  gate: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Counts (B, H, W) and experts (B,) of output rows [first_row, first_row + B): the gate's
+    decisions, then the generators on the rows it passes (their own noise rows and Poisson
+    streams, so the rows do not depend on the batch)."""
+    n_rows = len(raw_B9)
+    c_BK = model.scale(raw_B9)
+    z_BZ = _noise_rows(seed, first_row, first_row + n_rows, model.noise_dim)
+    if not gate:
+        return model.sample_counts(z_BZ, c_BK, seed=seed, first_row=first_row)
+    passed = np.nonzero(model.leaves_light(
+        c_BK, _gate_uniform_rows(seed, first_row, first_row + n_rows)))[0]
+    counts = np.zeros((n_rows, *model.image_shape), dtype=np.uint32)
+    experts = np.full(n_rows, -1, dtype=np.int8)
+    if len(passed):
+        index = torch.from_numpy(passed)
+        counts[passed], experts[passed] = model.sample_counts(
+            z_BZ[index], c_BK[index.to(c_BK.device)], seed=seed, row_ids=first_row + passed)
+    return counts, experts
 
 
 def _checked_shards(shards: list[str | os.PathLike]) -> list[tuple]:
@@ -228,7 +279,11 @@ def describe(path: str | os.PathLike) -> str:
         info, experts = events.info, events.extra("expert")
     if experts is None:
         experts = np.empty(0, dtype=int)
-    use = np.bincount(experts.astype(int)) / max(len(experts), 1) if len(experts) else []
+    experts = experts.astype(int)
+    routed = experts[experts >= 0]
+    use = np.bincount(routed) / len(routed) if len(routed) else []
     model = info.provenance.get("config", {}).get("model_sha256", "?")[:16]
-    return (f"{info.n_events} {info.detector.name} events, expert use "
+    gated = (f", {(experts < 0).mean():.1%} stopped by the gate (empty)"
+             if (experts < 0).any() else "")
+    return (f"{info.n_events} {info.detector.name} events{gated}, expert use "
             f"{json.dumps([round(float(u), 3) for u in use])}, model {model}")

@@ -1,30 +1,34 @@
 """The trained model: everything between a particle's raw conditions and photon counts.
 
 A :class:`TrainedModel` is a model file loaded once (weights only) or the trainer's live
-networks. It owns the condition scaler, the noise width, routing, the expected photons per
-fibre and the Poisson step, so that sampling, export, the trainer's validation pass, the
-study and the benchmarks all run one path:
+networks. It owns the condition scaler, the noise width, the empty-response gate, routing, the
+expected photons per fibre and the Poisson step, so that sampling, export, the trainer's
+validation pass, the study and the benchmarks all run one path:
 
-    raw conditions (N, 9) --scale--> c_NK --router--> expert_N
+    raw conditions (N, 9) --scale--> c_NK --gate (expertsim.gate)--> leaves light or empty
+    c_NK --router--> expert_N
     (z_NZ, c_NK) --routed expert--> log(1 + expected photons) (N, H, W)
-    --expm1--> expected photons --Poisson, keyed (seed, row)--> whole photons (N, H, W)
+    --expm1--> expected photons --Poisson given >= 1 photon, keyed (seed, row)--> whole photons
 
 Legend: N events, Z noise width, K = 9 conditions, H x W image.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.stats
 import torch
 
 from expertsim.checkpoint import ModelFile, load_model_file, save_model_file
 from expertsim.config import ExperimentConfig, ModelConfig, config_from_dict
 from expertsim.detector import Detector, get_detector
 from expertsim.errors import CheckpointError
+from expertsim.gate import EmptyGate, gate_probability
 from expertsim.models import ExpertGenerator, MixtureOfExperts, Router
 from expertsim.scaler import Scaler
 
@@ -42,9 +46,16 @@ def build_mixture(model: ModelConfig, image_shape: tuple[int, int],
     return MixtureOfExperts(router, generator)
 
 
-def poisson_counts(expected_NHW: np.ndarray, seed: int, first_row: int) -> np.ndarray:
+def poisson_counts(expected_NHW: np.ndarray, seed: int, first_row: int = 0, *,
+                   row_ids: np.ndarray | None = None, nonempty: bool = False) -> np.ndarray:
     """Whole photons drawn from expected photons per fibre; row i uses the Philox stream keyed
-    (seed, first_row + i), so the draws do not depend on batching or sharding.
+    (seed, first_row + i), or (seed, row_ids[i]) when given, so the draws do not depend on
+    batching, sharding or which rows a gate passed.
+
+    ``nonempty``: draw from the distribution given at least one photon (what a generator of
+    the responses that leave light must give; see expertsim.models.counting.nonempty_counts,
+    which the ONNX export runs): a row that drew nothing is redrawn as a zero-truncated
+    Poisson total split multinomially over the fibres, from the same row's stream.
 
     Only fibres with a positive expectation are drawn (numpy draws 0 for a mean of 0 without
     using the stream, so the counts are the same), and one bit generator is re-keyed per row
@@ -58,11 +69,25 @@ def poisson_counts(expected_NHW: np.ndarray, seed: int, first_row: int) -> np.nd
     rng = np.random.Generator(bit_generator)
     state = bit_generator.state
     for i in np.nonzero(np.diff(bounds))[0]:
-        state["state"]["key"] = np.array([seed, first_row + i], dtype=np.uint64)
+        row = first_row + i if row_ids is None else row_ids[i]
+        state["state"]["key"] = np.array([seed, row], dtype=np.uint64)
         bit_generator.state = state
         lo, hi = bounds[i], bounds[i + 1]
-        counts_NP[i, pixels[lo:hi]] = rng.poisson(expected_NP[i, pixels[lo:hi]])
+        drawn = rng.poisson(expected_NP[i, pixels[lo:hi]])
+        if nonempty and not drawn.any():
+            drawn = _zero_truncated_split(rng, expected_NP[i, pixels[lo:hi]].astype(np.float64))
+        counts_NP[i, pixels[lo:hi]] = drawn
     return counts_NP.reshape(expected_NHW.shape)
+
+
+def _zero_truncated_split(rng: np.random.Generator, expected_P: np.ndarray) -> np.ndarray:
+    """A Poisson image given at least one photon: total from the zero-truncated Poisson of the
+    expected sum (inverse CDF), fibres multinomial in proportion to their expectation."""
+    total = float(expected_P.sum())
+    p_zero = math.exp(-total)
+    quantile = p_zero + rng.random() * -math.expm1(-total)
+    photons = max(1, int(scipy.stats.poisson.ppf(quantile, total)))
+    return rng.multinomial(photons, expected_P / total)
 
 
 class TrainedModel:
@@ -80,8 +105,10 @@ class TrainedModel:
 
     def __init__(self, mixture: MixtureOfExperts, *, scaler: Scaler, detector: Detector,
                  config: ExperimentConfig, provenance: dict[str, Any] | None = None,
-                 path: Path | None = None) -> None:
+                 path: Path | None = None, gate: EmptyGate | None = None,
+                 gate_info: dict[str, Any] | None = None) -> None:
         self.mixture = mixture
+        self.gate, self.gate_info = gate, gate_info
         self.scaler, self.detector, self.config = scaler, detector, config
         self.provenance = provenance or {}
         self.path = path
@@ -98,8 +125,18 @@ class TrainedModel:
         except RuntimeError as error:
             raise CheckpointError(f"{path}: weights do not fit the model its config describes "
                                   f"({str(error).splitlines()[0]})") from None
+        gate = None
+        if stored.gate is not None:
+            gate = EmptyGate(int(stored.gate_info["hidden"]))
+            try:
+                gate.load_state_dict(stored.gate)
+            except RuntimeError as error:
+                raise CheckpointError(f"{path}: its gate does not fit its stated size "
+                                      f"({str(error).splitlines()[0]})") from None
+            gate.eval()
         return cls(mixture.eval(), scaler=stored.scaler, detector=get_detector(stored.detector),
-                   config=config, provenance=stored.provenance, path=Path(path))
+                   config=config, provenance=stored.provenance, path=Path(path), gate=gate,
+                   gate_info=stored.gate_info)
 
     def save(self, path: str | os.PathLike, provenance: dict[str, Any]) -> Path:
         """Write the model file (see expertsim.checkpoint)."""
@@ -107,7 +144,9 @@ class TrainedModel:
             config=self.config.to_dict(), detector=self.detector.name,
             image_shape=self.image_shape, router=self.mixture.router.state_dict(),
             generator=self.mixture.generator.state_dict(), scaler=self.scaler,
-            provenance=provenance))
+            provenance=provenance,
+            gate=None if self.gate is None else self.gate.state_dict(),
+            gate_info=self.gate_info))
 
     # ------------------------------------------------------------------ facts
 
@@ -133,6 +172,8 @@ class TrainedModel:
 
     def to(self, device: str | torch.device) -> "TrainedModel":
         self.mixture.to(device)
+        if self.gate is not None:
+            self.gate.to(device)
         return self
 
     # ------------------------------------------------------------------ the path
@@ -157,9 +198,18 @@ class TrainedModel:
         return torch.expm1(image_NHW.float()).cpu().numpy(), expert_N.cpu().numpy()
 
     def sample_counts(self, z_NZ: torch.Tensor, c_NK: torch.Tensor, *, seed: int,
-                      first_row: int, chunk_size: int | None = None
-                      ) -> tuple[np.ndarray, np.ndarray]:
-        """Whole photons (N, H, W) uint32 drawn from the expected photons (rows keyed
-        (seed, first_row + i), see :func:`poisson_counts`) and the routed expert (N,)."""
+                      first_row: int = 0, row_ids: np.ndarray | None = None,
+                      chunk_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Whole photons (N, H, W) uint32 drawn from the expected photons given at least one
+        photon (the generators model responses with light; rows keyed (seed, first_row + i) or
+        (seed, row_ids[i]), see :func:`poisson_counts`) and the routed expert (N,)."""
         expected_NHW, expert_N = self.expected_photons(z_NZ, c_NK, chunk_size)
-        return poisson_counts(expected_NHW, seed, first_row), expert_N
+        return poisson_counts(expected_NHW, seed, first_row, row_ids=row_ids,
+                              nonempty=True), expert_N
+
+    def leaves_light(self, c_NK: torch.Tensor, uniform_N: np.ndarray) -> np.ndarray:
+        """The gate's decisions (N,) bool: uniform < P(photon sum >= 1); all True without a
+        gate."""
+        if self.gate is None:
+            return np.ones(len(c_NK), dtype=bool)
+        return uniform_N < gate_probability(self.gate, c_NK.to(self.device))

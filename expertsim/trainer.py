@@ -41,6 +41,7 @@ from expertsim.models.counting import counted_log_image
 from expertsim.optim import ExpertAdam
 from expertsim.provenance import make_provenance
 from expertsim.tracking import NullTracker
+from expertsim.gate import EmptyGate, train_gate
 from expertsim.trained_model import TrainedModel, build_mixture
 
 CALIBRATION_EVENTS = 4096  # training showers the shower-placement maps are fitted to
@@ -142,6 +143,7 @@ class FitResult:
     untrained_ws: float | None = None  # validation channel-WS before the first step
     mean_image_ws: float | None = None  # the same for the train mean image (trivial baseline)
     rank: int = 0  # torch.distributed rank of the process that returned it
+    gate_report: dict[str, Any] | None = None  # expertsim.gate.train_gate's report
 
 
 @dataclass
@@ -203,6 +205,7 @@ class Trainer:
         self._load_validation()
 
         self._build_networks()
+        self.gate, self.gate_info = self._train_gate()
         self.noise = torch.Generator().manual_seed(config.train.seed + 1)
 
         self.epoch = 0
@@ -264,6 +267,19 @@ class Trainer:
         centre_N2 = centre_N2[keep].to(self.device)
         self.placement_rms = calibrate_position(self.generator, c_NK, centre_N2)
         calibrate_position(self.discriminator, c_NK, centre_N2)
+
+    def _train_gate(self) -> tuple[EmptyGate | None, dict[str, Any]]:
+        """The empty-response gate on every event of the train split (expertsim.gate); a few
+        seconds, the same on every rank (its own seed; torch's global stream untouched)."""
+        settings = self.config.gate
+        if not settings.enabled:
+            return None, {"hidden": settings.hidden,
+                          "report": {"trained": False, "reason": "gate.enabled is false"}}
+        gate, report = train_gate(
+            self.config.data.path, self.loader.scaler, steps=settings.steps,
+            batch_size=settings.batch_size, lr=settings.lr, hidden=settings.hidden,
+            seed=self.config.train.seed + 104729, device=self.device)
+        return gate, {"hidden": settings.hidden, "report": report}
 
     # ------------------------------------------------------------------ data
 
@@ -522,7 +538,8 @@ class Trainer:
         TrainedModel (shares their weights)."""
         generator = self.generator if self.generator_ema is None else self.generator_ema
         return TrainedModel(MixtureOfExperts(self.router, generator),
-                            scaler=self.loader.scaler, detector=self.detector, config=self.config)
+                            scaler=self.loader.scaler, detector=self.detector, config=self.config,
+                            gate=self.gate, gate_info=self.gate_info)
 
     @torch.no_grad()
     def validate(self, batch_size: int = 1024) -> dict[str, float]:
@@ -569,6 +586,7 @@ class Trainer:
             "scaler_scale": torch.from_numpy(self.loader.scaler.scale),
             **({} if self.generator_ema is None
                else {"generator_ema": self.generator_ema.state_dict()}),
+            **({} if self.gate is None else {"gate": self.gate.state_dict()}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -580,6 +598,8 @@ class Trainer:
                 raise CheckpointError("the checkpoint has no generator weight average; resume "
                                       "with train.ema_decay as the run was made (0)")
             self.generator_ema.load_state_dict(state["generator_ema"])
+        if self.gate is not None and "gate" in state:
+            self.gate.load_state_dict(state["gate"])
         self.noise.set_state(state["noise_rng"])
         torch.set_rng_state(state["torch_rng"])
         for name in ("epoch", "batch_in_epoch", "step", "temperature", "best_ws",
@@ -630,7 +650,7 @@ class Trainer:
         self._end(status)
         return FitResult(status, self.epoch, self.step, self.best_ws, self.output_dir,
                          self.run_id, history, self.untrained_ws, self.mean_image_ws,
-                         self.context.rank)
+                         self.context.rank, self.gate_info["report"])
 
     def _begin(self) -> None:
         """Start tracking (rank 0) and, on a fresh run, validate the untrained model."""
@@ -639,6 +659,9 @@ class Trainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.tracker.start(self.config.flat(), run_id=self.run_id)
         self.run_id = self.tracker.run_id
+        gate_val = self.gate_info["report"].get("val")
+        if gate_val:
+            self.tracker.log_metrics({f"gate/{k}": v for k, v in gate_val.items()}, step=0)
         if self.step == 0:
             first = self.validate()
             self.untrained_ws = first["val/ws_mean"]

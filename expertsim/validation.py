@@ -19,7 +19,7 @@ balanced half-sampling of the particles (``expertsim.metrics.half_sample_standar
 ``uncertainty`` also holds two cross-checks of that error: disjoint quarters of the
 particles, and the spread over independent generations (the model's own noise alone).
 
-metrics.json (schema_version 2):
+metrics.json (schema_version 3):
     design: "matched" or "unmatched"; n_pairs: particles scored
     headline: convention, ws_channels (5, photons, mean over generations), ws_mean,
         ws_mean_std (over generations), ws_mean_ci95, floor_ws_mean, floor_ci95, ratio,
@@ -30,7 +30,15 @@ metrics.json (schema_version 2):
         generation_std
     paired: per particle, generated vs MC B and MC A vs MC B: median centroid distance and
         median width difference (fibres), their ratio, n (non-empty pairs)
-    photon_sum: wasserstein (photons), ks; fraction_empty: generated, reference
+    photon_sum: wasserstein (photons), ks; fraction_empty: generated, reference;
+        mean_photon_sum: generated (pooled over generations), generated_se, reference
+    headline_non_empty: the headline on the events with light only (generated non-empty
+        events against the paired MC's non-empty ones; floor MC A's against MC B's), with
+        n_generated, n_reference, mean_photon_sum; null when no event is empty
+    gate: empty responses particle by particle (generation vs MC B; floor MC A vs MC B):
+        all, by_energy (energy_edges_gev), by_species (PDG id): accuracy, false_empty,
+        false_non_empty, generated/reference/floor empty fractions, n; max_bin_difference
+        (and its floor) over energy bins of >= 500 particles; null when no event is empty
     fibres_hit, brightest_row, brightest_col, centroid_x, centroid_y, width_x, width_y:
         wasserstein (fibres), ks - shape metrics over non-empty events
     classifier_auc: generated vs reference (0.5 = indistinguishable)
@@ -60,7 +68,7 @@ from expertsim.eventfile import EventFile, write_event_file
 from expertsim.fileio import write_text
 from expertsim.plots import validation_figures
 
-REPORT_SCHEMA_VERSION = 2
+REPORT_SCHEMA_VERSION = 3
 N_DRAWS = 200  # half-samples for the standard errors
 Z95 = 1.959964  # two-sided 95 % normal quantile
 MIN_UNITS_FOR_ERRORS = 16  # particles below which no standard error is estimated
@@ -82,6 +90,9 @@ def _read(path: Path) -> dict[str, np.ndarray]:
         out["energy"] = events.conditions()[:, 0]
         out["group"] = events.derived("group")
         out["condition_id"] = events.derived("condition_id")
+        pdg = events.pdg()
+        if pdg is not None:
+            out["pdg"] = pdg
         for key in ("expert", "source_row"):
             values = events.extra(key)
             if values is not None:
@@ -98,6 +109,8 @@ def compare(generated: dict, reference: dict) -> dict[str, Any]:
                                                       reference["photon_sum"]),
         "fraction_empty": {"generated": float((generated["photon_sum"] <= 0).mean()),
                            "reference": float((reference["photon_sum"] <= 0).mean())},
+        "mean_photon_sum": {"generated": float(generated["photon_sum"].mean()),
+                            "reference": float(reference["photon_sum"].mean())},
     }
     for key in SHAPE_KEYS:
         ours = generated[key][np.isfinite(generated[key]) & (generated["photon_sum"] > 0)]
@@ -292,12 +305,15 @@ def validate(generated_paths: list[str | os.PathLike], reference_path: str | os.
         "uncertainty": uncertainty,
         "paired": _paired(first, paired, floor_pair),
         **{k: comparisons[0][k] for k in ("photon_sum", "fraction_empty", *SHAPE_KEYS)},
+        "mean_photon_sum": _mean_photon_sum([g for _, g, _ in scored], paired),
         "classifier_auc": metrics.classifier_auc(_classifier_features(first),
                                                  _classifier_features(paired), seed=seed),
         "per_expert": (_headline_by_label(first, paired, first["expert"])
                        if "expert" in first else {}),
         "per_group": _headline_by_label(first, paired, paired["group"]),
         "response_vs_energy": _response_vs_energy(first, paired, energy_bins),
+        "headline_non_empty": _non_empty_headline(scored, floor_pair),
+        "gate": _gate_section(scored, floor_pair, energy_bins),
         "floor": floor,
         "thresholds": thresholds or {},
     }
@@ -309,6 +325,96 @@ def validate(generated_paths: list[str | os.PathLike], reference_path: str | os.
     write_text(output_dir / "metrics.json", json.dumps(report, indent=2, allow_nan=True))
     write_text(output_dir / "index.html", render_html(report, figures))
     return report
+
+
+def _non_empty(features: dict) -> dict:
+    return _subset(features, features["photon_sum"] > 0)
+
+
+def _non_empty_headline(scored: list[tuple], floor_pair: tuple[dict, dict] | None
+                        ) -> dict[str, Any] | None:
+    """The headline on the events with light only: generated non-empty events against the
+    paired MC's non-empty ones (the floor: MC A's against MC B's); None when no event of
+    either side is empty (it would repeat the headline)."""
+    if all((g["photon_sum"] > 0).all() and (p["photon_sum"] > 0).all()
+           for _, g, p in scored):
+        return None
+    ws = np.mean([metrics.channel_wasserstein(_non_empty(g)["channels"],
+                                              _non_empty(p)["channels"])
+                  for _, g, p in scored], axis=0)
+    floor = None if floor_pair is None else _ws_mean(*map(_non_empty, floor_pair))
+    _, first, paired = scored[0]
+    return {"ws_channels": ws.tolist(), "ws_mean": float(ws.mean()), "floor_ws_mean": floor,
+            "ratio": None if floor is None else float(ws.mean()) / floor,
+            "n_generated": int((first["photon_sum"] > 0).sum()),
+            "n_reference": int((paired["photon_sum"] > 0).sum()),
+            "mean_photon_sum": _mean_photon_sum([_non_empty(g) for _, g, _ in scored],
+                                                _non_empty(paired))}
+
+
+def _mean_photon_sum(generations: list[dict], reference: dict) -> dict[str, float]:
+    """Mean photon sum of the generated events (all generations pooled) with its standard
+    error, and the reference's."""
+    pooled = np.concatenate([g["photon_sum"] for g in generations])
+    return {"generated": float(pooled.mean()),
+            "generated_se": float(pooled.std(ddof=1) / math.sqrt(len(pooled)))
+            if len(pooled) > 1 else None,
+            "reference": float(reference["photon_sum"].mean())}
+
+
+def _gate_section(scored: list[tuple], floor_pair: tuple[dict, dict] | None,
+                  energy_bins: int) -> dict[str, Any] | None:
+    """Empty responses, particle by particle (the generation for a particle against its MC B
+    response; the floor: MC A against MC B), overall, per energy bin and per species; None
+    when neither side has an empty event."""
+    empties = [(g["photon_sum"] <= 0, p["photon_sum"] <= 0) for _, g, p in scored]
+    if not any(g.any() or p.any() for g, p in empties):
+        return None
+    _, first, paired = scored[0]
+    floor_empty = None if floor_pair is None else [f["photon_sum"] <= 0 for f in floor_pair]
+    energy = paired["energy"]
+    edges = np.geomspace(max(energy.min(), 1e-3), energy.max() * 1.0001, energy_bins + 1)
+    labels = {"energy": np.digitize(energy, edges) - 1}
+    if "pdg" in paired:
+        labels["species"] = paired["pdg"]
+
+    def agreement(mask: np.ndarray) -> dict[str, Any]:
+        model = [metrics.emptiness_agreement(g[mask], p[mask]) for g, p in empties]
+        out = {k: float(np.mean([m[k] for m in model])) for k in model[0] if k != "n"}
+        out["n"] = int(mask.sum())
+        out["floor_generated_empty_fraction"] = (
+            None if floor_empty is None else float(floor_empty[0][mask].mean()))
+        out["floor_accuracy"] = (None if floor_empty is None else metrics.emptiness_agreement(
+            floor_empty[0][mask], floor_empty[1][mask])["accuracy"])
+        return out
+
+    section: dict[str, Any] = {"all": agreement(np.ones(len(energy), dtype=bool)),
+                               "energy_edges_gev": edges.tolist(), "by_energy": [],
+                               "by_species": {}}
+    for k in range(energy_bins):
+        mask = labels["energy"] == k
+        if mask.any():
+            section["by_energy"].append({"bin": k, **agreement(mask)})
+    for species in np.unique(labels.get("species", [])):
+        section["by_species"][str(int(species))] = agreement(labels["species"] == species)
+    trusted = [b for b in section["by_energy"] if b["n"] >= metrics.MIN_TRUSTED_EVENTS * 5]
+    section["max_bin_difference"] = max(
+        (abs(b["generated_empty_fraction"] - b["reference_empty_fraction"]) for b in trusted),
+        default=None)
+    section["max_bin_difference_floor"] = None if floor_empty is None else max(
+        (abs(b["floor_generated_empty_fraction"] - b["reference_empty_fraction"])
+         for b in trusted), default=None)
+    return _nan_to_none(section)
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
 
 
 def _read_generated(path: Path, reference: dict, reference_path: Path) -> dict:
@@ -327,6 +433,8 @@ def _headline_by_label(generated: dict, paired: dict, label_N: np.ndarray) -> di
     """{label: {n, ws_mean}}: the headline on the events of each label (expert, group)."""
     out = {}
     for label in np.unique(label_N):
+        if label < 0:  # a particle the gate stopped: no expert
+            continue
         mask = label_N == label
         out[str(int(label))] = {
             "n": int(mask.sum()),
@@ -367,7 +475,9 @@ def validate_model(model_path: str | os.PathLike, reference_path: str | os.PathL
                    thresholds: dict[str, float] | None = None, plots: bool = True,
                    selected_reference: str | os.PathLike | None = None) -> dict[str, Any]:
     """Generate ``generations`` times (seeds seed, seed + 1, ...) on the reference's
-    conditions with the model, then ``validate``. ``split`` / ``min_photon_sum`` select the
+    conditions with the model, then ``validate``. The model's empty-response gate runs when
+    the reference has empty events; on a reference of events with light only, the
+    generators are scored alone. ``split`` / ``min_photon_sum`` select the
     reference events first (written to output_dir/reference.h5), unless
     ``selected_reference`` already holds that selection."""
     from expertsim.sampling import sample_to_file
@@ -375,10 +485,14 @@ def validate_model(model_path: str | os.PathLike, reference_path: str | os.PathL
     output_dir = Path(output_dir)
     reference = _reference(reference_path, output_dir, split, min_photon_sum,
                            selected_reference)
+    with EventFile(reference) as events:
+        # a reference of events with light only (a photon-sum filter) is scored against the
+        # generators alone; one with empty events against the whole system, gate first
+        gate = None if (events.derived("photon_sum") <= 0).any() else False
     files = []
     for k in range(generations):
         path = output_dir / f"generated_{k}.h5"
-        sample_to_file(model_path, reference, path, seed=seed + k)
+        sample_to_file(model_path, reference, path, seed=seed + k, gate=gate)
         files.append(path)
     return validate(files, reference, output_dir, thresholds=thresholds, seed=seed, plots=plots)
 
@@ -400,6 +514,65 @@ def validate_lookup(train_path: str | os.PathLike, reference_path: str | os.Path
                           min_photon_sum=min_photon_sum)
     return validate([path], reference, output_dir, thresholds=thresholds, seed=seed,
                     plots=plots)
+
+
+def validate_export(export_dir: str | os.PathLike, reference_path: str | os.PathLike,
+                    output_dir: str | os.PathLike, *, generations: int = 3, seed: int = 0,
+                    split: str = "all", min_photon_sum: float | None = None,
+                    thresholds: dict[str, float] | None = None, plots: bool = True,
+                    threads: int = 1, progress=None) -> dict[str, Any]:
+    """Score an ONNX export the way ALICE O2 would run it: ``generations`` passes of the O2
+    replica (expertsim.o2: classifier, then generator, at batch 1 on ``threads`` threads,
+    truncation, O2's pixel order) over the reference's particles, then ``validate``."""
+    from expertsim.o2 import replica_to_file
+
+    output_dir = Path(output_dir)
+    reference = _reference(reference_path, output_dir, split, min_photon_sum, None)
+    files = [replica_to_file(export_dir, reference, output_dir / f"o2_{k}.h5", seed=seed + k,
+                             threads=threads, progress=progress)
+             for k in range(generations)]
+    return validate(files, reference, output_dir, thresholds=thresholds, seed=seed, plots=plots)
+
+
+EXPORT_WS_TOLERANCE = 0.10  # export / package channel-WS within 10 %
+EXPORT_MEAN_TOLERANCE = 0.01  # mean photon sums within 1 %
+EXPORT_EMPTY_TOLERANCE = 0.01  # empty fractions within 1 percentage point
+
+
+def compare_with_package(export_report: dict, package_report: dict) -> dict[str, Any]:
+    """The export's report (through the O2 replica) against the package sampler's on the same
+    reference: the fraction of empty events (absolute difference), channel-WS on all and on
+    non-empty events, and mean photon sums (relative differences), with their tolerances; the
+    means' difference also in standard errors of the two means."""
+    def pair(key: str, report: dict) -> float | None:
+        value: Any = report
+        for part in key.split("."):
+            value = None if value is None else value.get(part)
+        return value
+
+    checks = {}
+    ours, theirs = (pair("fraction_empty.generated", r) for r in (export_report, package_report))
+    if ours is not None and theirs is not None:
+        checks["empty_fraction"] = {"export": ours, "package": theirs, "relative": ours - theirs,
+                                    "tolerance": EXPORT_EMPTY_TOLERANCE, "absolute": True,
+                                    "passed": abs(ours - theirs) <= EXPORT_EMPTY_TOLERANCE}
+    for name, key, tolerance in (
+            ("ws_all", "headline.ws_mean", EXPORT_WS_TOLERANCE),
+            ("ws_non_empty", "headline_non_empty.ws_mean", EXPORT_WS_TOLERANCE),
+            ("mean_photon_sum_all", "mean_photon_sum.generated", EXPORT_MEAN_TOLERANCE),
+            ("mean_photon_sum_non_empty", "headline_non_empty.mean_photon_sum.generated",
+             EXPORT_MEAN_TOLERANCE)):
+        ours, theirs = pair(key, export_report), pair(key, package_report)
+        if ours is None or theirs is None:
+            continue
+        relative = ours / theirs - 1 if theirs else math.inf
+        checks[name] = {"export": ours, "package": theirs, "relative": relative,
+                        "tolerance": tolerance, "passed": abs(relative) <= tolerance}
+        se_key = key.replace(".generated", ".generated_se")
+        if se_key != key and pair(se_key, export_report) and pair(se_key, package_report):
+            checks[name]["standard_errors"] = (ours - theirs) / math.hypot(
+                pair(se_key, export_report), pair(se_key, package_report))
+    return {"checks": checks, "passed": all(c["passed"] for c in checks.values())}
 
 
 def _jsonable(values: dict[str, np.ndarray]) -> dict[str, list]:
@@ -438,11 +611,28 @@ def summary_lines(report: dict) -> list[str]:
         lines += [f"MC floor {_fmt(headline['floor_ws_mean'], headline['floor_ci95'])} on the "
                   f"same {report['n_pairs']} particles; model / floor "
                   f"{_fmt(headline['ratio'], headline['ratio_ci95'], 2)}",
-                  f"median centroid distance per particle {_fmt(centroid['model_median'], digits=2)}"
-                  f" fibres (MC repeats {_fmt(centroid['floor_median'], digits=2)}; ratio "
+                  "median centroid distance per particle "
+                  f"{_fmt(centroid['model_median'], digits=2)} fibres (MC repeats "
+                  f"{_fmt(centroid['floor_median'], digits=2)}; ratio "
                   f"{_fmt(centroid['ratio'], digits=2)})"]
     lines.append(f"classifier AUC {report['classifier_auc']:.3f}"
                  + (f" (MC vs MC {floor['classifier_auc']:.3f})" if floor else ""))
+    non_empty, gate = report.get("headline_non_empty"), report.get("gate")
+    if non_empty:
+        lines.append(f"events with light only: channel-WS {_fmt(non_empty['ws_mean'])} "
+                     f"({non_empty['n_generated']} generated, {non_empty['n_reference']} MC); "
+                     f"MC floor {_fmt(non_empty['floor_ws_mean'])}; ratio "
+                     f"{_fmt(non_empty['ratio'], digits=2)}")
+    if gate:
+        overall = gate["all"]
+        lines.append(
+            f"empty responses: generated {overall['generated_empty_fraction']:.3f}, MC "
+            f"{overall['reference_empty_fraction']:.3f}; per particle accuracy "
+            f"{overall['accuracy']:.3f} (MC repeats {_fmt(overall['floor_accuracy'])}), "
+            f"false-empty {_fmt(overall['false_empty'])}, false-non-empty "
+            f"{_fmt(overall['false_non_empty'])}; largest energy-bin difference "
+            f"{_fmt(gate['max_bin_difference'])} (MC repeats "
+            f"{_fmt(gate['max_bin_difference_floor'])})")
     return lines
 
 

@@ -49,7 +49,7 @@ def o2_hits_channels(image):
             elif (nx, ny) == (56, 30):
                 channel = int(4 * x / nx) + 1
             else:
-                channel = 1 + (x >= nx // 2) * 2 + (y >= ny // 2)
+                channel = 1 + (x >= nx // 2) + 2 * (y >= ny // 2)
             sums[channel - 1] += image[x, y]
     return sums
 
@@ -65,8 +65,8 @@ def test_named_channel_conventions(rng, shape):
     paper = channel_sums(images, "expertsim-paper")
     # the two parities swap between the published conventions
     np.testing.assert_allclose(paper[:, 4], default[:, :4].sum(1))
-    if shape == (44, 44):
-        np.testing.assert_array_equal(paper, hits)
+    if shape == (44, 44):  # the same channels, O2 numbering its towers by x first
+        np.testing.assert_array_equal(paper[:, [0, 2, 1, 3, 4]], hits)
     else:
         assert not np.allclose(paper[:, :4], hits[:, :4])
     with pytest.raises(DataSchemaError, match="unknown channel convention 'x'"):

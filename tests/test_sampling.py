@@ -56,8 +56,11 @@ def test_sample_file_is_a_counts_space_event_file(model_file, zn_file, tmp_path)
     assert images.dtype == np.uint32  # whole photons
     np.testing.assert_array_equal(read(out, "source_row"), np.repeat(np.arange(4000), 2))
     np.testing.assert_allclose(read(out, "conditions")[::2], read(zn_file, "conditions"))
-    assert set(np.unique(read(out, "expert"))) <= {0, 1, 2}
-    np.testing.assert_allclose(read(out, "derived/photon_sum"), images.sum(axis=(1, 2)))
+    experts, photon_sum = read(out, "expert"), read(out, "derived/photon_sum")
+    assert set(np.unique(experts)) == {-1, 0, 1, 2}  # -1: stopped by the empty-response gate
+    assert (photon_sum[experts < 0] == 0).all() and (photon_sum[experts >= 0] > 0).all()
+    np.testing.assert_allclose(photon_sum, images.sum(axis=(1, 2)))
+    assert "stopped by the gate" in result.output
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ def tiny_config(data_path, output_dir, **train):
         "train": {"epochs": 2, "seed": 5, "log_every": 1, "output_dir": str(output_dir),
                   "threads": 1, **train},
         "tracking": {"enabled": False},
+        "gate": {"steps": 300},
     })
 
 

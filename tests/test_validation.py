@@ -43,7 +43,7 @@ def run_validate(*args):
 
 def assert_complete(report):
     """Every number metrics.json documents is present and finite."""
-    assert report["schema_version"] == 2 and report["design"] == "matched"
+    assert report["schema_version"] == 3 and report["design"] == "matched"
     headline = report["headline"]
     numbers = [headline["ws_mean"], headline["ws_mean_std"], headline["floor_ws_mean"],
                headline["ratio"], *headline["ws_mean_ci95"], *headline["floor_ci95"],

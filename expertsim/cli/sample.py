@@ -21,8 +21,12 @@ from tqdm import tqdm
 @click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA if present), cpu or cuda[:N].")
+@click.option("--gate/--no-gate", default=None,
+              help="Run the model's empty-response gate first (default: when the model has "
+                   "one): particles it stops are written as empty events at the gate's cost "
+                   "only. --no-gate gives every particle a response with light.")
 def sample(model_path, conditions_path, output, seed, repeat, shard_text, batch_size,
-           device) -> None:
+           device, gate) -> None:
     """Generate events for the given conditions with a trained model.
 
     Shards of one run (same model, seed, repeat) hold exactly the rows of the unsharded run;
@@ -42,7 +46,7 @@ def sample(model_path, conditions_path, output, seed, repeat, shard_text, batch_
     with tqdm(total=(stop - first) * repeat, unit="ev", desc="sample") as bar:
         sample_to_file(model_path, conditions_path, output, seed=seed, repeat=repeat,
                        shard=shard, batch_size=batch_size,
-                       device=str(select_device(device)), progress=bar.update)
+                       device=str(select_device(device)), gate=gate, progress=bar.update)
     click.echo(f"wrote {output}: {describe(output)}")
 
 

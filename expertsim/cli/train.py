@@ -48,8 +48,55 @@ def train(config_path: str, overrides: tuple[str, ...], resume: bool) -> None:
             f"{result.mean_image_ws:.3f} photons\n"
             f"model: {result.output_dir / 'model.pt'}  MLflow run: {result.run_id} "
             f"({config.tracking.uri if config.tracking.enabled else 'tracking off'})")
+        click.echo(gate_summary(result.gate_report))
     if result.status == "preempted":
         raise SystemExit(EXIT_PREEMPTED)
 
 
-COMMANDS = (train,)
+def gate_summary(report: dict | None) -> str:
+    """One line on the empty-response gate a training run made."""
+    if not report or not report.get("trained"):
+        reason = (report or {}).get("reason", "not trained")
+        return f"empty-response gate: none ({reason}); every particle goes to the generators"
+    val = report.get("val") or report["train"]
+    where = "validation" if report.get("val") else "train"
+    return (f"empty-response gate ({where} split, {val['n']} events): empty fraction "
+            f"{val['empty_fraction']:.3f}, predicted {val['predicted_empty_fraction']:.3f}; "
+            f"accuracy {val['accuracy_drawn']:.3f} drawn, {val['accuracy_threshold']:.3f} "
+            f"at p = 0.5; false-empty {val['false_empty']:.3f}, false-non-empty "
+            f"{val['false_non_empty']:.3f}")
+
+
+@click.command("gate")
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
+              help="Model file written by expertsim train (model.pt).")
+@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False),
+              help="Event file whose train split (every event, empty ones included) trains "
+                   "the gate; the model's detector.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Model file to write: the model with the gate (not the input file).")
+@click.option("--steps", default=1500, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=2048, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=3e-3, show_default=True, type=click.FloatRange(min=0,
+                                                                             min_open=True))
+@click.option("--hidden", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, type=int)
+def gate(model_path, data_path, output, steps, batch_size, lr, hidden, seed) -> None:
+    """Train the empty-response gate for an existing model and write the gated model.
+
+    expertsim train trains one already (section gate: of the config); this adds or replaces
+    it for a model file, e.g. one trained with gate.enabled: false.
+
+    \b
+    Example:
+      expertsim gate --model runs/zp/model.pt --data data/zp.h5 -o runs/zp/model_gated.pt
+    """
+    from expertsim.gate import add_gate
+
+    report = add_gate(model_path, data_path, output, steps=steps, batch_size=batch_size,
+                      lr=lr, hidden=hidden, seed=seed)
+    click.echo(f"wrote {output}")
+    click.echo(gate_summary(report))
+
+
+COMMANDS = (train, gate)

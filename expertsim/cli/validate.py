@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from tqdm import tqdm
 
 EXIT_THRESHOLDS_FAILED = 3
 
@@ -20,6 +21,15 @@ EXIT_THRESHOLDS_FAILED = 3
 @click.option("--lookup", "lookup_train", type=click.Path(dir_okay=False), default=None,
               help="Instead of a model: score the nearest-neighbour lookup table of this "
                    "event file's train split (the baseline a model must beat).")
+@click.option("--export", "export_dir", type=click.Path(file_okay=False), default=None,
+              help="Instead of a model: run this ONNX export (expertsim export) through the "
+                   "replica of ALICE O2's consumer (classifier, generator at batch 1, "
+                   "truncation, O2's pixel order) on the reference's particles.")
+@click.option("--against", "against", type=click.Path(file_okay=False), default=None,
+              help="With --export: a report folder of the same model's package sampler on the "
+                   "same reference; prints and stores the export's agreement with it.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
+              help="With --export: ONNX Runtime intra-op threads (O2 uses 1).")
 @click.option("--generations", default=3, show_default=True, type=click.IntRange(min=1),
               help="With --model: how many generations (seeds seed, seed+1, ...).")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -29,13 +39,13 @@ EXIT_THRESHOLDS_FAILED = 3
               help="JSON or YAML {metric.path: maximum}; exit 3 if any is exceeded.")
 @click.option("--split", default="all", show_default=True,
               type=click.Choice(["all", "train", "val", "test"]),
-              help="Use only this split of the reference (with --model).")
+              help="Use only this split of the reference (with --model, --lookup, --export).")
 @click.option("--min-photon-sum", type=float, default=None,
               help="Use only reference events with at least this many photons (with --model; "
                    "match the training filter).")
 @click.option("--mlflow-run", default=None, help="Also log the headline numbers to this run.")
-def validate(reference, generated, model_path, lookup_train, generations, seed, output,
-             thresholds, split, min_photon_sum, mlflow_run) -> None:
+def validate(reference, generated, model_path, lookup_train, export_dir, against, threads,
+             generations, seed, output, thresholds, split, min_photon_sum, mlflow_run) -> None:
     """Compare generated events with Monte Carlo and write a report.
 
     \b
@@ -45,15 +55,20 @@ def validate(reference, generated, model_path, lookup_train, generations, seed, 
       expertsim validate --generated gen.h5 --reference mc.h5 -o report/ --thresholds limits.yaml
       expertsim validate --lookup data/smoke_zn.h5 --reference data/smoke_zn_mc.h5 \
           --min-photon-sum 1 -o lookup_report/
+      expertsim validate --export runs/smoke/onnx --reference data/smoke_zn_mc.h5 \
+          -o o2_report/ --against report_all/
     """
     import yaml
 
     from expertsim.errors import ConfigError
-    from expertsim.validation import (summary_lines, validate as run_validation,
+    from expertsim.validation import (compare_with_package, summary_lines,
+                                      validate as run_validation, validate_export,
                                       validate_lookup, validate_model)
 
-    if sum(map(bool, (generated, model_path, lookup_train))) != 1:
-        raise ConfigError("give one of --generated files, --model or --lookup")
+    if sum(map(bool, (generated, model_path, lookup_train, export_dir))) != 1:
+        raise ConfigError("give one of --generated files, --model, --lookup or --export")
+    if against and not export_dir:
+        raise ConfigError("--against compares an export with the package: use it with --export")
     if (split != "all" or min_photon_sum is not None) and generated:
         raise ConfigError("--split and --min-photon-sum select the conditions to generate on: "
                           "use them with --model or --lookup")
@@ -62,6 +77,12 @@ def validate(reference, generated, model_path, lookup_train, generations, seed, 
         report = validate_model(model_path, reference, output, generations=generations,
                                 seed=seed, split=split, min_photon_sum=min_photon_sum,
                                 thresholds=limits)
+    elif export_dir:
+        with tqdm(total=generations * _n_particles(reference, split, min_photon_sum),
+                  unit="particle", desc="O2 replica") as bar:
+            report = validate_export(export_dir, reference, output, generations=generations,
+                                     seed=seed, split=split, min_photon_sum=min_photon_sum,
+                                     thresholds=limits, threads=threads, progress=bar.update)
     elif lookup_train:
         report = validate_lookup(lookup_train, reference, output, split=split,
                                  min_photon_sum=min_photon_sum, seed=seed, thresholds=limits)
@@ -71,6 +92,11 @@ def validate(reference, generated, model_path, lookup_train, generations, seed, 
     for line in summary_lines(report):
         click.echo(line)
     click.echo(f"report: {output}/index.html")
+    agrees = True
+    if against:
+        agreement = compare_with_package(report, _load_report(against))
+        _print_agreement(agreement, output)
+        agrees = agreement["passed"]
     headline = report["headline"]
     if mlflow_run:
         from expertsim.config import TrackingConfig
@@ -82,7 +108,46 @@ def validate(reference, generated, model_path, lookup_train, generations, seed, 
                    artifacts=(Path(output) / "metrics.json",))
     if not report["passed"]:
         click.echo("thresholds failed: " + "; ".join(report["failed_thresholds"]), err=True)
+    if not (report["passed"] and agrees):
         raise SystemExit(EXIT_THRESHOLDS_FAILED)
+
+
+def _n_particles(reference: str, split: str, min_photon_sum: float | None) -> int:
+    from expertsim.eventfile import EventFile
+
+    with EventFile(reference) as events:
+        return len(events.rows(split, min_photon_sum))
+
+
+def _load_report(folder: str) -> dict:
+    import json
+
+    from expertsim.errors import DataSchemaError
+
+    path = Path(folder) / "metrics.json"
+    if not path.exists():
+        raise DataSchemaError(f"{path}: no such report (make it with expertsim validate "
+                              f"--model ... -o {folder})")
+    return json.loads(path.read_text())
+
+
+def _print_agreement(agreement: dict, output: str) -> None:
+    """The export-vs-package lines, and agreement.json beside the report."""
+    import json
+
+    from expertsim.fileio import write_text
+
+    for name, check in agreement["checks"].items():
+        extra = (f", {check['standard_errors']:+.2f} standard errors"
+                 if "standard_errors" in check else "")
+        difference = (f"{check['relative']:+.4f}, tolerance {check['tolerance']}"
+                      if check.get("absolute") else
+                      f"{check['relative']:+.2%}{extra}; tolerance {check['tolerance']:.0%}")
+        click.echo(f"export vs package {name}: {check['export']:.4g} vs {check['package']:.4g}"
+                   f" ({difference}): " + ("ok" if check["passed"] else "FAILED"))
+    write_text(Path(output) / "agreement.json", json.dumps(agreement, indent=2))
+    click.echo("export agrees with the package sampler" if agreement["passed"] else
+               "export DISAGREES with the package sampler")
 
 
 COMMANDS = (validate,)

@@ -22,11 +22,14 @@ K_MAX = 48  # exact part's last count: P(k > 48 | lambda = 20) < 1e-7
 
 
 @torch.no_grad()
-def poisson_from_uniform(mean_BHW: torch.Tensor, uniform_BHW: torch.Tensor) -> torch.Tensor:
+def poisson_from_uniform(mean_BHW: torch.Tensor, uniform_BHW: torch.Tensor,
+                         normal_BHW: torch.Tensor | None = None) -> torch.Tensor:
     """Poisson counts (float) with the given means, one uniform in (0, 1) per draw.
 
     Means up to ``EXACT_UP_TO`` use the exact inverse CDF; larger ones the normal
-    approximation round(mean + sqrt(mean) * z), whose error there is below a percent.
+    approximation round(mean + sqrt(mean) * z), whose error there is below a percent, with
+    z the normal quantile of the uniform, or ``normal_BHW`` when given (ONNX has no inverse
+    error function; an exported graph draws its normals).
 
     >>> u = torch.tensor([0.3, 0.9])
     >>> poisson_from_uniform(torch.tensor([0.0, 1.0]), u).tolist()
@@ -43,7 +46,8 @@ def poisson_from_uniform(mean_BHW: torch.Tensor, uniform_BHW: torch.Tensor) -> t
         counts += (uniform > cumulative).float()
         probability = probability * rate / k
         cumulative = cumulative + probability
-    normal = torch.sqrt(torch.tensor(2.0)) * torch.erfinv(2 * uniform - 1)
+    normal = (torch.sqrt(torch.tensor(2.0)) * torch.erfinv(2 * uniform - 1)
+              if normal_BHW is None else normal_BHW.float())
     large = torch.round(mean + torch.sqrt(mean) * normal).clamp(min=0.0)
     return torch.where(small, counts, large)
 
@@ -54,3 +58,41 @@ def counted_log_image(log_image_BHW: torch.Tensor, uniform_BHW: torch.Tensor) ->
     expected = torch.expm1(log_image_BHW.float())
     counts = poisson_from_uniform(expected, uniform_BHW)
     return torch.log1p(expected + (counts - expected).detach()).to(log_image_BHW.dtype)
+
+
+N_SPLIT = 16  # photons placed one by one in a redrawn empty response (see nonempty_counts)
+
+
+def nonempty_counts(expected_BP: torch.Tensor, uniform_BP: torch.Tensor,
+                    normal_BP: torch.Tensor, uniform_total_B: torch.Tensor,
+                    uniform_split_BS: torch.Tensor) -> torch.Tensor:
+    """Poisson counts per fibre conditioned on at least one photon in the event (float).
+
+    The generators model the responses of particles that leave light (the gate decides which
+    do), so an all-zero draw is replaced by a draw from the conditional distribution: the
+    event's total from a zero-truncated Poisson of the expected sum, then that many photons
+    placed in fibres with probability proportional to their expectation (a Poisson image
+    given its total is multinomial). Totals above ``N_SPLIT`` are cut to it: they need an
+    expected sum where an empty draw has a probability below 1e-4. Only the rows that drew
+    no photon are redrawn; an event with no expected photon at all stays empty.
+
+    Inputs: expected photons (B, P) for P fibres; uniforms in (0, 1) and standard normals
+    (see poisson_from_uniform) one per fibre; uniforms: one per event, ``N_SPLIT`` per event.
+    """
+    counts_BP = poisson_from_uniform(expected_BP, uniform_BP, normal_BP)
+    empty_R = torch.nonzero(counts_BP.sum(dim=1) == 0).squeeze(1)
+    expected_RP = expected_BP.float().clamp(min=0.0)[empty_R]
+    total_R = expected_RP.sum(dim=1)
+    p_zero_R = torch.exp(-total_R)
+    truncated_R = p_zero_R + uniform_total_B[empty_R].float() * (1.0 - p_zero_R)
+    photons_R = poisson_from_uniform(total_R, truncated_R,
+                                     torch.zeros_like(total_R)).clamp(1.0, float(N_SPLIT))
+    photons_R = torch.where(total_R > 0, photons_R, torch.zeros_like(photons_R))
+    cumulative_RP = torch.cumsum(expected_RP, dim=1) / total_R.clamp(min=1e-30)[:, None]
+    fibre_RS = (cumulative_RP[:, None, :] < uniform_split_BS[empty_R][:, :, None]).sum(dim=2)
+    placed_RS = (torch.arange(N_SPLIT, device=expected_BP.device)[None, :]
+                 < photons_R[:, None]).float()
+    fibres_P = torch.arange(expected_BP.shape[1], device=expected_BP.device)
+    redrawn_RP = ((fibre_RS[:, :, None] == fibres_P[None, None, :]).float()
+                  * placed_RS[:, :, None]).sum(dim=1)
+    return counts_BP.index_put((empty_R,), redrawn_RP)
