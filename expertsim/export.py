@@ -339,6 +339,29 @@ def _write_onnx(graph: torch.nn.Module, onnx_path: Path, opset: int, example: tu
     onnx.save(model, str(onnx_path))
 
 
+def _conventions(model: TrainedModel, counts: bool) -> dict[str, str]:
+    """model.json's conventions: how O2 is to read the graphs' inputs and outputs."""
+    rows, cols = model.image_shape
+    return {
+        "pixel_order": (f"output[b, y, x] with x along the detector's {rows}-fibre axis "
+                        "(the package's image rows) and y along the other: O2's flat index "
+                        f"Nx * y + x with (Nx, Ny) = ({rows}, {cols}); the package's image "
+                        "is the transpose"),
+        "channels": ("O2 FastSimToHits: (x + y) even -> common PMT (channel 5), odd -> "
+                     + ("towers Ch1 x < Nx/2, y < Ny/2; Ch2 x >= Nx/2, y < Ny/2; Ch3 "
+                        "x < Nx/2, y >= Ny/2; Ch4 x >= Nx/2, y >= Ny/2"
+                        if model.detector.name == "ZN" else
+                        "tower int(4 x / Nx) + 1 along the 56-fibre axis")
+                     + "; the package's channel convention 'o2-hits'"),
+        "side": ("one model for both sides: O2 picks side A for pz > 0 and C for pz < 0; "
+                 "the response does not depend on the sign of pz"),
+        "counting": ("Poisson per fibre from uniforms drawn in the graph (inverse CDF up "
+                     "to 20 expected photons, normal above), given at least one photon in "
+                     "the event: as expertsim sample draws" if counts else "none"),
+        "mass_unit": "MeV (O2 passes mass x 1000)",
+    }
+
+
 def _metadata(model: TrainedModel, staging: Path, opset: int, result: ExportCheck | None,
               seed: int, counts: bool) -> dict:
     """model.json: what the graphs take and give, how O2 is to use them, what made them."""
@@ -377,24 +400,7 @@ def _metadata(model: TrainedModel, staging: Path, opset: int, result: ExportChec
                         {"index": 1, "name": CLASSIFIER_OUTPUT_NAMES[1], "shape": ["batch", 1],
                          "meaning": "P(photon sum >= 1)"}],
             "training": (model.gate_info or {}).get("report")},
-        "conventions": {
-            "pixel_order": (f"output[b, y, x] with x along the detector's {rows}-fibre axis "
-                            "(the package's image rows) and y along the other: O2's flat index "
-                            f"Nx * y + x with (Nx, Ny) = ({rows}, {cols}); the package's image "
-                            "is the transpose"),
-            "channels": ("O2 FastSimToHits: (x + y) even -> common PMT (channel 5), odd -> "
-                         + ("towers Ch1 x < Nx/2, y < Ny/2; Ch2 x >= Nx/2, y < Ny/2; Ch3 "
-                            "x < Nx/2, y >= Ny/2; Ch4 x >= Nx/2, y >= Ny/2"
-                            if model.detector.name == "ZN" else
-                            "tower int(4 x / Nx) + 1 along the 56-fibre axis")
-                         + "; the package's channel convention 'o2-hits'"),
-            "side": ("one model for both sides: O2 picks side A for pz > 0 and C for pz < 0; "
-                     "the response does not depend on the sign of pz"),
-            "counting": ("Poisson per fibre from uniforms drawn in the graph (inverse CDF up "
-                         "to 20 expected photons, normal above), given at least one photon in "
-                         "the event: as expertsim sample draws" if counts else "none"),
-            "mass_unit": "MeV (O2 passes mass x 1000)",
-        },
+        "conventions": _conventions(model, counts),
         "opset": opset,
         "onnx_sha256": file_sha256(staging / "model.onnx"),
         "classifier_sha256": file_sha256(staging / "classifier.onnx"),

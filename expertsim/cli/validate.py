@@ -97,19 +97,22 @@ def validate(reference, generated, model_path, lookup_train, export_dir, against
         agreement = compare_with_package(report, _load_report(against))
         _print_agreement(agreement, output)
         agrees = agreement["passed"]
-    headline = report["headline"]
     if mlflow_run:
-        from expertsim.config import TrackingConfig
-        from expertsim.tracking import log_to_run
-
-        log_to_run(TrackingConfig().uri, mlflow_run,
-                   {"validate/ws_mean": headline["ws_mean"],
-                    "validate/classifier_auc": report["classifier_auc"]},
-                   artifacts=(Path(output) / "metrics.json",))
+        _log_to_mlflow(mlflow_run, report, output)
     if not report["passed"]:
         click.echo("thresholds failed: " + "; ".join(report["failed_thresholds"]), err=True)
     if not (report["passed"] and agrees):
         raise SystemExit(EXIT_THRESHOLDS_FAILED)
+
+
+def _log_to_mlflow(run_id: str, report: dict, output: str) -> None:
+    from expertsim.config import TrackingConfig
+    from expertsim.tracking import log_to_run
+
+    log_to_run(TrackingConfig().uri, run_id,
+               {"validate/ws_mean": report["headline"]["ws_mean"],
+                "validate/classifier_auc": report["classifier_auc"]},
+               artifacts=(Path(output) / "metrics.json",))
 
 
 def _n_particles(reference: str, split: str, min_photon_sum: float | None) -> int:
