@@ -269,8 +269,8 @@ class Trainer:
         calibrate_position(self.discriminator, c_NK, centre_N2)
 
     def _train_gate(self) -> tuple[EmptyGate | None, dict[str, Any]]:
-        """The empty-response gate on every event of the train split (expertsim.gate); a few
-        seconds, the same on every rank (its own seed; torch's global stream untouched)."""
+        """The empty-response gate on every event of the train split (expertsim.gate): 10-15 s
+        on a CPU, the same on every rank (its own seed; torch's global stream untouched)."""
         settings = self.config.gate
         if not settings.enabled:
             return None, {"hidden": settings.hidden,

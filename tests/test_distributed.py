@@ -24,6 +24,7 @@ def test_two_processes_match_one_on_the_same_global_batch(zn_file, tmp_path):
         f"data: {{path: {zn_file}, batch_size: 64, val_max_events: 200}}\n"
         "model: {generator_channels: 8, discriminator_channels: 4, discriminator_features: 16}\n"
         "train: {epochs: 1, max_steps: 4, seed: 3, threads: 1, log_every: 1}\n"
+        "gate: {steps: 300}\n"
         "tracking: {enabled: false}\n")
     single = train(config, tmp_path / "one", sys.executable)
     double = train(config, tmp_path / "two", sys.executable, "-m", "torch.distributed.run",

@@ -33,6 +33,7 @@ def write_config(path, data, output, max_steps):
         f"data: {{path: {data}, batch_size: 64, val_max_events: 200}}\n"
         "model: {generator_channels: 8, discriminator_channels: 4, discriminator_features: 16}\n"
         f"train: {{epochs: 20, max_steps: {max_steps}, threads: 1, output_dir: {output}}}\n"
+        "gate: {steps: 300}\n"
         "tracking: {enabled: false}\n")
     return path
 

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow  # every test here trains two models
 
 STUDY_CONFIGS = Path(__file__).resolve().parents[1] / "training" / "study"
 TINY = ["--set", "train.max_steps=4", "--set", "data.val_max_events=300",
-        "--set", "train.router_warm_start_steps=2", "--set", "train.log_every=1"]
+        "--set", "train.router_warm_start_steps=2", "--set", "train.log_every=1",
+        "--set", "gate.steps=300"]
 
 
 def run(data, output, *configs):

@@ -108,6 +108,7 @@ def test_cli_exits_75_on_sigusr1_and_resumes(zn_file, tmp_path, monkeypatch):
     config.write_text(f"data: {{path: {zn_file}, batch_size: 64, val_max_events: 200}}\n"
                       "model: {generator_channels: 8, discriminator_channels: 4}\n"
                       "train: {epochs: 50, output_dir: out, threads: 1}\n"
+                      "gate: {steps: 300}\n"
                       "tracking: {enabled: false}\n")
     timer = threading.Timer(8.0, os.kill, (os.getpid(), signal.SIGUSR1))
     timer.start()
@@ -130,7 +131,7 @@ def test_smoke_run_leaves_model_checkpoint_and_mlflow_run(tmp_path, monkeypatch)
                                           "smoke.yaml"),
         "--set", "data.simulate.n_events=3000", "--set", "data.batch_size=64",
         "--set", "train.epochs=2", "--set", "data.val_max_events=300",
-        "--set", "train.log_every=5"])
+        "--set", "train.log_every=5", "--set", "gate.steps=300"])
     assert result.exit_code == 0, result.output
     out = tmp_path / "runs" / "smoke"
     for name in ("model.pt", "checkpoint_last.pt", "checkpoint_best.pt"):

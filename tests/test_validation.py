@@ -165,7 +165,7 @@ def test_end_to_end_simulate_train_smoke_validate(tmp_path, monkeypatch):
     steps = [
         ["train", "--config", smoke, "--set", "data.simulate.n_events=4000",
          "--set", "data.batch_size=64", "--set", "train.epochs=1",
-         "--set", "tracking.enabled=false"],
+         "--set", "tracking.enabled=false", "--set", "gate.steps=300"],
         ["simulate", "--detector", "zn", "-n", "3000", "--repeat", "2", "--seed", "99",
          "-o", "mc.h5"],
         ["validate", "--model", "runs/smoke/model.pt", "--reference", "mc.h5",

@@ -75,7 +75,7 @@ def gate_summary(report: dict | None) -> str:
                    "the gate; the model's detector.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Model file to write: the model with the gate (not the input file).")
-@click.option("--steps", default=1500, show_default=True, type=click.IntRange(min=1))
+@click.option("--steps", default=5000, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=2048, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=3e-3, show_default=True, type=click.FloatRange(min=0,
                                                                              min_open=True))
