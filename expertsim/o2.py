@@ -94,12 +94,18 @@ def flat_to_image(nphe_NP: np.ndarray, detector: str) -> np.ndarray:
     return nphe_NP.reshape(len(nphe_NP), ny, nx).transpose(0, 2, 1)
 
 
-def _session(path: Path, threads: int):
+def _onnxruntime():
     try:
         import onnxruntime
     except ImportError:
         raise ExpertSimError("ONNX Runtime is not installed: pip install 'expertsim[onnx]'") \
             from None
+    return onnxruntime
+
+
+def _session(path: Path, threads: int):
+    """A CPU session as O2 makes it."""
+    onnxruntime = _onnxruntime()
     if not path.exists():
         raise DataSchemaError(f"{path}: no such file (an export directory holds model.onnx, "
                               "scales.txt, classifier.onnx, classifier_scales.txt)")
@@ -126,8 +132,6 @@ class O2Replica:
 
     def __init__(self, export_dir: str | os.PathLike, *, threads: int = 1, seed: int = 0
                  ) -> None:
-        import onnxruntime
-
         self.export_dir = Path(export_dir)
         metadata_path = self.export_dir / "model.json"
         if not metadata_path.exists():
@@ -137,7 +141,7 @@ class O2Replica:
         self.detector = str(self.metadata.get("detector", "")).upper()
         if self.detector not in O2_SHAPES:
             raise DataSchemaError(f"{metadata_path}: detector {self.detector!r} is not ZN or ZP")
-        onnxruntime.set_seed(int(seed))
+        _onnxruntime().set_seed(int(seed))  # once: the sessions' random operators follow it
         self.rng = np.random.default_rng(seed)
         self.classifier = _session(self.export_dir / "classifier.onnx", threads)
         self.classifier_scales = read_o2_scales(self.export_dir / "classifier_scales.txt")
