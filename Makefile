@@ -28,19 +28,21 @@ $(VENV)/.installed: pyproject.toml
 # ALICE O2 (generator and classifier ONNX, checked in ONNX Runtime), and score the export run the
 # way O2 runs it (the replica: batch 1, one thread, truncation, O2's pixel order) against the
 # package's all-events report. Ends with where the reports, the export and the runs are.
+# Its reports and export are written with --overwrite, so that it can be run again.
 run: setup
 	$(BIN)/expertsim train --config training/smoke.yaml
 	test -f data/smoke_zn_mc.h5 || $(BIN)/expertsim simulate --detector zn -n 10000 --repeat 2 \
 		--seed 99 -o data/smoke_zn_mc.h5
 	$(BIN)/expertsim validate --model runs/smoke/model.pt --reference data/smoke_zn_mc.h5 \
-		--min-photon-sum 1 -o runs/smoke/report
+		--min-photon-sum 1 -o runs/smoke/report --overwrite
 	$(BIN)/expertsim validate --lookup data/smoke_zn.h5 --reference data/smoke_zn_mc.h5 \
-		--min-photon-sum 1 -o runs/smoke/lookup_report
+		--min-photon-sum 1 -o runs/smoke/lookup_report --overwrite
 	$(BIN)/expertsim validate --model runs/smoke/model.pt --reference data/smoke_zn_mc.h5 \
-		-o runs/smoke/report_all
-	$(BIN)/expertsim export --model runs/smoke/model.pt --format onnx -o runs/smoke/onnx
+		-o runs/smoke/report_all --overwrite
+	$(BIN)/expertsim export --model runs/smoke/model.pt --format onnx -o runs/smoke/onnx \
+		--overwrite
 	$(BIN)/expertsim validate --export runs/smoke/onnx --reference data/smoke_zn_mc.h5 \
-		-o runs/smoke/o2_report --against runs/smoke/report_all
+		-o runs/smoke/o2_report --against runs/smoke/report_all --overwrite
 	@echo "MLflow runs: sqlite:///mlflow.db, experiment expertsim-smoke" \
 		"(browse: pip install mlflow; mlflow ui --backend-store-uri sqlite:///mlflow.db)"
 

@@ -8,8 +8,9 @@ checkpoint: {"format": "expertsim-checkpoint", "version", "config" (JSON), "stat
 trainer's state_dict: model and optimizer states, epoch, step, RNG states), "scaler"}
 model file: {"format": "expertsim-model", "version", "config" (JSON), "detector",
 "image_shape", "router", "generator" (state dicts), "scaler": {"mean", "scale"},
-"provenance" (JSON), optionally "gate" (state dict of the empty-response gate) and "gate_info"
-(JSON: its size and training report)}
+"provenance" (JSON), optionally "gate" (state dict of the empty-response gate), "gate_info"
+(JSON: its size and training report) and "condition_ranges" (JSON: min and max of each raw
+condition over the training events)}
 
 This module is the only one that knows those keys: the rest of the package reads a model file
 as a :class:`ModelFile` (and, to run it, as an ``expertsim.trained_model.TrainedModel``).
@@ -83,6 +84,8 @@ class ModelFile:
     version: str = __version__  # package version that wrote the file
     gate: dict[str, torch.Tensor] | None = None  # the empty-response gate (expertsim.gate)
     gate_info: dict[str, Any] | None = None  # its hidden width and training report
+    # the raw conditions the generators were trained on: {"min": [9], "max": [9], "n_events"}
+    condition_ranges: dict[str, Any] | None = None
 
 
 def save_model_file(path: str | os.PathLike, model: ModelFile) -> Path:
@@ -95,6 +98,8 @@ def save_model_file(path: str | os.PathLike, model: ModelFile) -> Path:
         "provenance": json.dumps(model.provenance, default=str),
         **({} if model.gate is None else {
             "gate": model.gate, "gate_info": json.dumps(model.gate_info, default=str)}),
+        **({} if model.condition_ranges is None else {
+            "condition_ranges": json.dumps(model.condition_ranges)}),
     }, path)
 
 
@@ -109,7 +114,9 @@ def load_model_file(path: str | os.PathLike) -> ModelFile:
             scaler=Scaler(payload["scaler"]["mean"].numpy(), payload["scaler"]["scale"].numpy()),
             provenance=json.loads(payload["provenance"]), version=str(payload["version"]),
             gate=payload.get("gate"),
-            gate_info=json.loads(payload["gate_info"]) if "gate" in payload else None)
+            gate_info=json.loads(payload["gate_info"]) if "gate" in payload else None,
+            condition_ranges=(json.loads(payload["condition_ranges"])
+                              if "condition_ranges" in payload else None))
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise CheckpointError(f"{path}: an incomplete expertsim-model file ({type(error).__name__}"
                               f": {error}); train it again (expertsim train)") from None

@@ -8,6 +8,7 @@ Unknown keys are errors that name the key and the file; every field is validated
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -23,13 +24,13 @@ from expertsim.errors import ConfigError
 
 def _positive(section: str, **values: float) -> None:
     for name, value in values.items():
-        if value is None or value <= 0:
-            raise ConfigError(f"{section}.{name} must be > 0, got {value}")
+        if value is None or not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"{section}.{name} must be a finite number > 0, got {value}")
 
 
 def _non_negative(section: str, **values: float) -> None:
     for name, value in values.items():
-        if value < 0:
+        if not (value >= 0 and math.isfinite(value)):
             raise ConfigError(f"{section}.{name} must be >= 0 (0 switches it off), got {value}")
 
 
@@ -183,6 +184,8 @@ class TrainConfig:
                       balance_rate=self.balance_rate)
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.threads is not None:
+            _positive("train", threads=self.threads)
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda")):
             raise ConfigError(f"train.device must be auto, cpu or cuda[:N], got {self.device!r}")
 
@@ -284,6 +287,8 @@ def _coerce(hint: Any, value: Any, where: str, source: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: '{where}' must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: '{where}' must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

@@ -32,7 +32,8 @@ from expertsim.provenance import make_provenance
 PICKLE_CONDITION_COLUMNS = ("Energy", "Vx", "Vy", "Vz", "Px", "Py", "Pz", "mass", "charge")
 
 
-def _load_npz_key(path: Path, key: str) -> np.ndarray:
+def load_npz_key(path: Path, key: str) -> np.ndarray:
+    """One array of an npz archive (no pickles); DataSchemaError naming the file and key."""
     if not path.exists():
         raise DataSchemaError(f"{path}: no such file")
     try:
@@ -48,7 +49,18 @@ def _load_npz_key(path: Path, key: str) -> np.ndarray:
                 "store plain numeric arrays") from None
         raise DataSchemaError(f"{path}: cannot read key {key!r}: {error}") from None
     except (OSError, zipfile.BadZipFile, EOFError) as error:
-        raise DataSchemaError(f"{path}: not a readable npz archive ({error})") from None
+        raise DataSchemaError(f"{path}: not a readable npz archive ({error or 'empty file'})"
+                              ) from None
+
+
+def npz_keys(path: Path) -> list[str]:
+    """The keys of an npz archive; DataSchemaError when it is not one."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return list(archive.files)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        raise DataSchemaError(f"{path}: not a readable npz archive ({error or 'empty file'})"
+                              ) from None
 
 
 def _finish(output: Path, images: np.ndarray, conditions: np.ndarray, pdg: np.ndarray | None,
@@ -68,8 +80,8 @@ def from_npz_pair(responses: str | os.PathLike, particles: str | os.PathLike,
                   split_fractions: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS) -> Path:
     """Convert the flow-matching npz pair (key arr_0 in both) to an event file."""
     responses, particles = Path(responses), Path(particles)
-    images, det = check_images(_load_npz_key(responses, "arr_0"), f"{responses}[arr_0]")
-    table = _load_npz_key(particles, "arr_0")
+    images, det = check_images(load_npz_key(responses, "arr_0"), f"{responses}[arr_0]")
+    table = load_npz_key(particles, "arr_0")
     if table.ndim != 2 or table.shape != (len(images), 10):
         raise DataSchemaError(
             f"{particles}[arr_0]: must have shape ({len(images)}, 10) (nine conditions then the "
@@ -90,14 +102,12 @@ def from_npz(path: str | os.PathLike, output: str | os.PathLike, *, detector: st
              split_fractions: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS) -> Path:
     """Convert a generic npz (images, conditions, optional pdg) to an event file."""
     path = Path(path)
-    images, det = check_images(_load_npz_key(path, "images"), f"{path}[images]")
-    conditions = check_conditions(_load_npz_key(path, "conditions"), len(images),
+    images, det = check_images(load_npz_key(path, "images"), f"{path}[images]")
+    conditions = check_conditions(load_npz_key(path, "conditions"), len(images),
                                   f"{path}[conditions]")
-    with np.load(path, allow_pickle=False) as archive:
-        has_pdg = "pdg" in archive.files
     pdg = None
-    if has_pdg:
-        pdg = _load_npz_key(path, "pdg")
+    if "pdg" in npz_keys(path):
+        pdg = load_npz_key(path, "pdg")
         if pdg.shape != (len(images),):
             raise DataSchemaError(f"{path}[pdg]: must have shape ({len(images)},), got {pdg.shape}")
         pdg = pdg.astype(np.int32)

@@ -23,3 +23,11 @@ class CheckpointError(ExpertSimError):
 
 class TrustError(ExpertSimError):
     """An input could execute code when read and the user did not opt in."""
+
+
+class OutputError(ExpertSimError):
+    """An output would replace an input or an existing file, or cannot be written."""
+
+
+class TrainingError(ExpertSimError):
+    """Training cannot go on: a non-finite loss, or an output folder in use by another run."""

@@ -393,12 +393,63 @@ def _check_complete(handle: h5py.File, path: Path) -> EventFileInfo:
         if handle[key].shape != shape:
             raise DataSchemaError(
                 f"{path}: dataset '/{key}' has shape {handle[key].shape}, expected {shape}")
+    _check_values(handle, path)
     images = handle["images"]
     return EventFileInfo(
         path=path, detector=detector, n_events=n_events, has_pdg="pdg" in handle,
         image_dtype=images.dtype, chunk_events=(images.chunks or (n_events,))[0],
         provenance=json.loads(_as_str(handle.attrs.get("provenance", "{}"))),
     )
+
+
+def _check_values(handle: h5py.File, path: Path) -> None:
+    """Per-event numbers must be usable: finite conditions, finite non-negative photon sums
+    (the images themselves are checked as they are read, see :meth:`EventFile.images`)."""
+    conditions_N9 = handle["conditions"][:]
+    finite = np.isfinite(conditions_N9)
+    if not finite.all():
+        row, column = (int(v[0]) for v in np.nonzero(~finite))
+        raise DataSchemaError(
+            f"{path}: '/conditions' holds NaN or inf (first at event {row}, column "
+            f"{CONDITION_COLUMNS[column]}); drop or fix those events and re-derive the file "
+            "('expertsim prepare h5')")
+    photon_sum_N = handle["derived/photon_sum"][:]
+    bad = ~(np.isfinite(photon_sum_N) & (photon_sum_N >= 0))
+    if bad.any():
+        raise DataSchemaError(
+            f"{path}: '/derived/photon_sum' holds NaN, inf or a negative sum (first at event "
+            f"{int(np.flatnonzero(bad)[0])}); the images are not photon counts: fix them and "
+            "re-derive the file ('expertsim prepare h5')")
+
+
+def check_image_values(images_NHW: np.ndarray, path: Path, first_row: int | np.ndarray = 0
+                       ) -> np.ndarray:
+    """Refuse (DataSchemaError) images that are not photon counts: NaN, inf or negative
+    values (float images only: unsigned integers cannot hold them). ``first_row``: the file
+    row of images_NHW[0], or the file rows of all of them, for the message."""
+    if images_NHW.dtype.kind not in "fi" or images_NHW.size == 0:
+        return images_NHW
+    flat = images_NHW.reshape(len(images_NHW), -1)
+    bad = ~(np.isfinite(flat) & (flat >= 0)).all(axis=1)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        row = first_row[first] if isinstance(first_row, np.ndarray) else first_row + first
+        raise DataSchemaError(
+            f"{path}: '/images' holds NaN, inf or negative photon counts (first at event "
+            f"{int(row)}); fix the images and re-derive the file ('expertsim prepare h5')")
+    return images_NHW
+
+
+@contextlib.contextmanager
+def _reading(path: Path, key: str) -> Iterator[None]:
+    """Turn HDF5 read failures (a damaged chunk, a failed decompression) into a
+    DataSchemaError naming the file and the dataset."""
+    try:
+        yield
+    except (OSError, RuntimeError, KeyError) as error:
+        raise DataSchemaError(
+            f"{path}: damaged HDF5 content in '/{key}' ({str(error).splitlines()[0][:120]}); "
+            "re-create or re-copy the file") from None
 
 
 def _as_str(value: Any) -> str:
@@ -514,10 +565,11 @@ class EventFile:
                            min_photon_sum=min_photon_sum, max_photon_sum=max_photon_sum)
 
     def _column(self, key: str, rows: np.ndarray | slice | None) -> np.ndarray:
-        dataset = self._handle[key]
-        if isinstance(rows, slice):
-            return dataset[rows]
-        values = dataset[:]
+        with _reading(self.path, key):
+            dataset = self._handle[key]
+            if isinstance(rows, slice):
+                return dataset[rows]
+            values = dataset[:]
         return values if rows is None else values[rows]
 
     def conditions(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
@@ -545,21 +597,26 @@ class EventFile:
         return self._column(name, rows) if name in self._handle else None
 
     def images(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
-        """Photon counts (N, H, W) in the stored dtype."""
+        """Photon counts (N, H, W) in the stored dtype (checked: see check_image_values)."""
         dataset = self._handle["images"]
         if rows is None or isinstance(rows, slice):
-            return dataset[slice(None) if rows is None else rows]
+            rows = slice(None) if rows is None else rows
+            return self.image_range(*rows.indices(self.n_events)[:2]) if rows.step in (None, 1) \
+                else self.images(np.arange(self.n_events)[rows])
         rows = np.asarray(rows, dtype=np.int64)
         unique, inverse = np.unique(rows, return_inverse=True)
-        images = dataset[unique] if len(unique) else dataset[:0]
+        with _reading(self.path, "images"):
+            images = dataset[unique] if len(unique) else dataset[:0]
+        check_image_values(images, self.path, unique)
         if len(unique) == len(rows) and np.array_equal(unique, rows):
             return images
         return images[inverse.ravel()]
 
-    @property
-    def image_dataset(self) -> h5py.Dataset:
-        """The images as an HDF5 dataset, for streaming reads of contiguous ranges."""
-        return self._handle["images"]
+    def image_range(self, start: int, stop: int) -> np.ndarray:
+        """Photon counts of the events [start, stop) (N, H, W), read as one slab (checked)."""
+        with _reading(self.path, "images"):
+            images = self._handle["images"][start:stop]
+        return check_image_values(images, self.path, start)
 
     def scaler(self) -> Scaler:
         """The condition scaler stored with the file (fitted on its train split)."""

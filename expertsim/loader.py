@@ -160,9 +160,8 @@ class EventLoader:
         chunk_bytes = self.info.chunk_events * np.prod(self.info.detector.shape) * 8
         # An HDF5 chunk cache of about one decompressed chunk: the loader reads each piece once.
         with EventFile(self.path, chunk_cache_bytes=int(chunk_bytes)) as events:
-            images = events.image_dataset
             index_B = np.empty(0, dtype=np.int64)
-            images_BHW = np.empty((0, *self.info.detector.shape), dtype=images.dtype)
+            images_BHW = np.empty((0, *self.info.detector.shape), dtype=self.info.image_dtype)
             position = 0
             while position < len(order):
                 parts_index, parts_images = [index_B], [images_BHW]
@@ -171,7 +170,7 @@ class EventLoader:
                     members = self._piece_members[order[position]]
                     if filled + len(members) > self.buffer_events and len(parts_index) > 1:
                         break
-                    slab = images[members[0]:members[-1] + 1]
+                    slab = events.image_range(members[0], members[-1] + 1)
                     parts_index.append(members)
                     parts_images.append(slab[members - members[0]])
                     filled += len(members)

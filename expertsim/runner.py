@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager
 
 from expertsim.config import ExperimentConfig
-from expertsim.errors import ConfigError
+from expertsim.errors import ConfigError, OutputError, TrainingError
+from expertsim.fileio import check_writable
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -62,8 +63,78 @@ def _stop_handlers(trainer, signals: tuple[int, ...]):
             signal.signal(signum, handler)
 
 
-def train_run(config: ExperimentConfig, *, resume: bool = True,
-              progress: ProgressFactory | None = None,
+RUN_FILES = ("model.pt", "checkpoint_last.pt", "checkpoint_best.pt")
+LOCK_NAME = "train.lock"
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path):
+    """Hold OUTPUT_DIR/train.lock while the block runs: a second training of the same folder
+    is refused with the holder's pid, host and start time. An advisory flock: released by
+    the kernel when the holder dies (kill -9 included); the file stays, naming the last run
+    that held it (a run that fails restores what it found)."""
+    import datetime
+    import fcntl
+    import os
+    import socket
+
+    check_writable(folder, option="train.output_dir")
+    created = [parent for parent in (folder, *folder.parents) if not parent.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    new_lock = not path.exists()
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise TrainingError(f"{folder} is being trained by {holder} (lock {path}): wait "
+                                "for that run to end, or set train.output_dir to another "
+                                "folder") from None
+        handle.seek(0)
+        previous_holder = handle.read()
+        handle.seek(0)
+        handle.truncate()
+        started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {started}\n")
+        handle.flush()
+        try:
+            yield
+        except BaseException:
+            # a failed run leaves the lock as it found it: a run that fails before writing
+            # anything (bad data, bad settings) leaves no trace at all
+            if new_lock and [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+                path.unlink()
+                for made in created:
+                    with contextlib.suppress(OSError):
+                        made.rmdir()
+            elif not new_lock:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(previous_holder)
+            raise
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _check_outputs(config: ExperimentConfig, resume: bool, overwrite: bool) -> None:
+    """A run writes model.pt and checkpoints into train.output_dir: a folder holding another
+    run's files is refused unless the run resumes it or ``overwrite``."""
+    folder = Path(config.train.output_dir)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"train.output_dir {folder} is a file; give a folder")
+    existing = [name for name in RUN_FILES if (folder / name).exists()]
+    resuming = resume and (folder / "checkpoint_last.pt").exists()
+    if existing and not resuming and not overwrite:
+        raise OutputError(
+            f"train.output_dir {folder} holds {', '.join(existing)} of another run"
+            + ("" if resume else " and --no-resume was given")
+            + ": pass --overwrite to replace them, or set train.output_dir to another folder")
+
+
+def train_run(config: ExperimentConfig, *, resume: bool = True, overwrite: bool = False,
+              resume_changed: bool = False, progress: ProgressFactory | None = None,
               data_progress: Callable[[int], ContextManager[Any]] | None = None,
               stop_signals: tuple[int, ...] = STOP_SIGNALS,
               log: Callable[[str], None] = lambda message: None):
@@ -71,48 +142,63 @@ def train_run(config: ExperimentConfig, *, resume: bool = True,
 
     Args:
         resume: continue from OUTPUT_DIR/checkpoint_last.pt when it exists.
+        overwrite: replace another run's files in OUTPUT_DIR (refused otherwise).
+        resume_changed: resume even when settings or data differ from the checkpoint's.
         progress: a progress bar for the training steps (rank 0 only).
         data_progress: a progress bar for simulating missing built-in data.
         stop_signals: signals that make the run checkpoint and return "preempted".
         log: receives one line when the run resumes (the CLI echoes it).
     """
-    import torch.distributed as dist
-
     from expertsim.devices import select_device
     from expertsim.distributed import init_from_environment, shutdown
-    from expertsim.tracking import make_tracker
-    from expertsim.trainer import Trainer
 
     context = init_from_environment(select_device(config.train.device).type)
     try:
-        if context.is_main:
-            ensure_data(config, data_progress)
-        if context.enabled:
-            dist.barrier()
-        tracking = config.tracking
-        tracker = make_tracker(tracking.enabled, tracking.uri, tracking.experiment,
-                               tracking.run_name or config.name, context.rank)
-        trainer = Trainer(config, context=context, tracker=tracker)
-        last = Path(config.train.output_dir) / "checkpoint_last.pt"
-        if resume and last.exists():
-            trainer.resume_from(last)
+        with run_lock(Path(config.train.output_dir)) if context.is_main \
+                else contextlib.nullcontext():
             if context.is_main:
-                log(f"resuming from {last} at epoch {trainer.epoch}, step {trainer.step}")
-        total = config.train.max_steps or config.train.epochs * len(trainer.loader)
-        shown = (progress(total, trainer.step) if progress and context.is_main
-                 else contextlib.nullcontext())
-        try:
-            with _stop_handlers(trainer, stop_signals), shown as bar:
-                result = trainer.fit(progress=None if bar is None else lambda _: bar.update(1))
-        except BaseException:
-            tracker.finish("FAILED")
-            raise
-        tracker.finish("KILLED" if result.status == "preempted" else "FINISHED")
-        if context.enabled:
-            # rank 0 validates and writes files after the last step while the others are done:
-            # leave together, or a rank that tears its process group down early can abort
-            # ("terminate called without an active exception", seen once in CI)
-            dist.barrier()
-        return result
+                _check_outputs(config, resume, overwrite)
+            return _train(config, context, resume, resume_changed, progress, data_progress,
+                          stop_signals, log)
     finally:
         shutdown(context)
+
+
+def _train(config, context, resume, resume_changed, progress, data_progress, stop_signals,
+           log):
+    """The body of :func:`train_run`, inside its lock and process group."""
+    import torch.distributed as dist
+
+    from expertsim.tracking import make_tracker
+    from expertsim.trainer import Trainer
+
+    if context.is_main:
+        ensure_data(config, data_progress)
+    if context.enabled:
+        dist.barrier()
+    tracking = config.tracking
+    tracker = make_tracker(tracking.enabled, tracking.uri, tracking.experiment,
+                           tracking.run_name or config.name, context.rank)
+    trainer = Trainer(config, context=context, tracker=tracker)
+    last = Path(config.train.output_dir) / "checkpoint_last.pt"
+    if resume and last.exists():
+        changes = trainer.resume_from(last, allow_changes=resume_changed)
+        if context.is_main:
+            log(f"resuming from {last} at epoch {trainer.epoch}, step {trainer.step}"
+                + (f" with changed settings: {'; '.join(changes)}" if changes else ""))
+    total = config.train.max_steps or config.train.epochs * len(trainer.loader)
+    shown = (progress(total, trainer.step) if progress and context.is_main
+             else contextlib.nullcontext())
+    try:
+        with _stop_handlers(trainer, stop_signals), shown as bar:
+            result = trainer.fit(progress=None if bar is None else lambda _: bar.update(1))
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish("KILLED" if result.status == "preempted" else "FINISHED")
+    if context.enabled:
+        # rank 0 validates and writes files after the last step while the others are done:
+        # leave together, or a rank that tears its process group down early can abort
+        # ("terminate called without an active exception", seen once in CI)
+        dist.barrier()
+    return result

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -65,6 +66,8 @@ def read_conditions(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | N
     npz: key ``conditions`` (N, 9), optional ``pdg``. CSV: a header naming the nine columns
     (E, vx, vy, vz, px, py, pz, mass, charge; any order, extra columns ignored).
     """
+    from expertsim.convert import load_npz_key, npz_keys
+
     path = Path(path)
     if not path.exists():
         raise DataSchemaError(f"{path}: no such file")
@@ -72,26 +75,59 @@ def read_conditions(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | N
     pdg = None
     if suffix in (".h5", ".hdf5"):
         conditions, pdg = read_raw_conditions(path)
-        conditions = conditions.astype(np.float64)
     elif suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            if "conditions" not in archive.files:
-                raise DataSchemaError(f"{path}: missing key 'conditions' (have {archive.files})")
-            conditions = archive["conditions"].astype(np.float64)
-            pdg = archive["pdg"] if "pdg" in archive.files else None
+        conditions = load_npz_key(path, "conditions")
+        pdg = load_npz_key(path, "pdg") if "pdg" in npz_keys(path) else None
     elif suffix == ".csv":
-        with open(path) as handle:
-            header = [h.strip() for h in handle.readline().split(",")]
-        missing = [c for c in CONDITION_COLUMNS if c not in header]
-        if missing:
-            raise DataSchemaError(f"{path}: CSV header lacks column(s) {missing} "
-                                  f"(need {', '.join(CONDITION_COLUMNS)})")
-        table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
-        conditions = table[:, [header.index(c) for c in CONDITION_COLUMNS]]
+        conditions = _read_csv_conditions(path)
     else:
         raise DataSchemaError(f"{path}: unknown conditions format {suffix!r} "
                               "(use an event file .h5, an .npz or a .csv)")
-    return check_conditions(conditions, len(conditions), str(path)), pdg
+    if pdg is not None and (pdg.shape != (len(conditions),) or pdg.dtype.kind not in "iu"):
+        raise DataSchemaError(f"{path}: 'pdg' must hold {len(conditions)} integers, has "
+                              f"shape {pdg.shape} and dtype {pdg.dtype}")
+    n_rows = len(conditions) if conditions.ndim else 0
+    if n_rows == 0:
+        raise DataSchemaError(f"{path}: holds no conditions (no rows)")
+    return check_conditions(conditions, n_rows, str(path)), pdg
+
+
+def _read_csv_conditions(path: Path) -> np.ndarray:
+    """The nine condition columns of a CSV with a header line (N, 9)."""
+    try:
+        with open(path) as handle:
+            header = [h.strip() for h in handle.readline().split(",")]
+            lines = [(number, line) for number, line in enumerate(handle, start=2)
+                     if line.strip()]
+    except UnicodeDecodeError:
+        raise DataSchemaError(f"{path}: not a text CSV file") from None
+    missing = [c for c in CONDITION_COLUMNS if c not in header]
+    if missing:
+        raise DataSchemaError(f"{path}: CSV header lacks column(s) {missing} "
+                              f"(need {', '.join(CONDITION_COLUMNS)})")
+    columns = [header.index(c) for c in CONDITION_COLUMNS]
+    rows = []
+    for number, line in lines:
+        fields = line.split(",")
+        try:
+            rows.append([float(fields[k]) for k in columns])
+        except (ValueError, IndexError):
+            raise DataSchemaError(
+                f"{path}: line {number} does not hold a number in each of the columns "
+                f"{', '.join(CONDITION_COLUMNS)} ({line.strip()[:60]!r})") from None
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(CONDITION_COLUMNS))
+
+
+def conditions_detector(path: str | os.PathLike) -> str | None:
+    """The detector an event file of conditions was made for ("ZN"/"ZP"), or None when the
+    file does not say (npz, CSV, an HDF5 file without the attribute)."""
+    if Path(path).suffix.lower() not in (".h5", ".hdf5"):
+        return None
+    from expertsim.eventfile import open_event_file
+
+    with open_event_file(path) as handle:
+        name = handle.attrs.get("detector")
+    return None if name is None else (name.decode() if isinstance(name, bytes) else str(name))
 
 
 GATE_STREAM = 1 << 40  # offset of the gate's uniforms' seeds from the noise seeds
@@ -154,6 +190,7 @@ def sample_to_file(
                           "without --gate")
     gate = model.gate is not None if gate is None else gate
     conditions, pdg = read_conditions(conditions_path)
+    outside = _check_conditions(model, conditions, conditions_path, model_path)
     first_condition, stop_condition = shard.bounds(len(conditions))
     n_rows = (stop_condition - first_condition) * repeat
     if n_rows == 0:
@@ -166,7 +203,7 @@ def sample_to_file(
         config={"model_sha256": file_sha256(model_path), "repeat": repeat,
                 "shard": [shard.index, shard.count], "n_conditions": len(conditions),
                 "rows": [first_row, first_row + n_rows], "noise_block": NOISE_BLOCK,
-                "gate": gate})
+                "gate": gate, "outside_training_range": outside})
     experts = np.empty(n_rows, dtype=np.int8)
     with EventFileWriter(output, model.detector, n_rows, provenance=provenance,
                          with_pdg=pdg is not None, image_dtype=np.uint32, split_seed=seed,
@@ -181,6 +218,20 @@ def sample_to_file(
             if progress is not None:
                 progress(stop - start)
     return Path(output)
+
+
+def _check_conditions(model: TrainedModel, conditions: np.ndarray,
+                      conditions_path: str | os.PathLike, model_path: str | os.PathLike) -> int:
+    """Refuse another detector's conditions; warn about (and return the number of) particles
+    outside the conditions the model was trained on."""
+    outside = model.check_conditions(conditions, conditions_detector(conditions_path),
+                                     str(conditions_path))
+    if outside:
+        warnings.warn(f"{conditions_path}: {outside} of {len(conditions)} particles lie outside "
+                      f"the range of conditions {model_path} was trained on (some condition "
+                      "below its minimum or above its maximum); the model extrapolates there",
+                      stacklevel=3)
+    return outside
 
 
 def _sample_batch(model: TrainedModel, raw_B9: np.ndarray, seed: int, first_row: int,

@@ -26,6 +26,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import statistics
 import time
@@ -72,6 +73,9 @@ def config_files(configs: list[str | os.PathLike]) -> list[Path]:
     return files
 
 
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def plan(configs: list[str | os.PathLike], seeds: int, output_dir: Path) -> list[StudyRun]:
     """One run per (config, seed), seed-major (every config's seed 0 first: a study cut short
     has each model once before any twice); config names (``name:``) must be unique."""
@@ -85,6 +89,10 @@ def plan(configs: list[str | os.PathLike], seeds: int, output_dir: Path) -> list
     names = {}
     for path in configs:
         name = load_config(path).name
+        if not SAFE_NAME.fullmatch(name) or name in (".", ".."):
+            raise ConfigError(f"{path}: name {name!r} names the run's folder under "
+                              f"{output_dir}/runs: use letters, digits, '.', '_' and '-' only "
+                              "(no '/' and no '..')")
         if name in names:
             raise ConfigError(f"{path} and {names[name]} share the name {name!r}; give each "
                               "study config its own 'name:'")
@@ -118,9 +126,9 @@ def run_study(data: str | os.PathLike, configs: list[str | os.PathLike], output_
     """
     data, output_dir = Path(data), Path(output_dir)
     check_event_file(data)
+    runs = plan(configs, seeds, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     tracking_uri = tracking_uri or f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
-    runs = plan(configs, seeds, output_dir)
     results = []
     for index, run in enumerate(runs, 1):
         result_path = run.directory / RESULT_FILE
@@ -193,7 +201,9 @@ def _train_and_validate(run: StudyRun, data: Path, output_dir: Path, overrides: 
         config.tracking, uri=tracking_uri, experiment="expertsim-study",
         run_name=f"{run.name}-seed{run.seed}"))
     if run.directory.exists() and not (run.directory / "checkpoint_last.pt").exists():
-        shutil.rmtree(run.directory)  # a run killed before its first checkpoint: start clean
+        # a run killed before its first checkpoint: start clean (plan() made sure that the
+        # folder lies inside the study folder)
+        shutil.rmtree(run.directory)
     progress = None if progress_factory is None else _progress(
         progress_factory, f"{run.name} s{run.seed}")
     started = time.perf_counter()

@@ -91,3 +91,23 @@ def log_to_run(uri: str, run_id: str, metrics: dict[str, float], *, step: int = 
             tracker.log_artifact(path)
     finally:
         tracker.finish()
+
+
+def check_run(uri: str, run_id: str) -> None:
+    """Refuse (ConfigError), before any work, a run id that the tracking store lacks; a local
+    store that does not exist is not created."""
+    from expertsim.errors import ConfigError
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI", uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise ConfigError(f"--mlflow-run {run_id}: the tracking store {uri} does not exist "
+                          "(run from the folder you trained in, or set MLFLOW_TRACKING_URI)")
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.tracking.MlflowClient(tracking_uri=uri).get_run(run_id)
+    except MlflowException:
+        raise ConfigError(f"--mlflow-run {run_id}: no such run in the tracking store {uri} "
+                          "(expertsim train prints its run id)") from None
+

@@ -27,7 +27,7 @@ import torch
 from expertsim.checkpoint import ModelFile, load_model_file, save_model_file
 from expertsim.config import ExperimentConfig, ModelConfig, config_from_dict
 from expertsim.detector import Detector, get_detector
-from expertsim.errors import CheckpointError
+from expertsim.errors import CheckpointError, DataSchemaError
 from expertsim.gate import EmptyGate, gate_probability
 from expertsim.models import ExpertGenerator, MixtureOfExperts, Router
 from expertsim.scaler import Scaler
@@ -90,6 +90,16 @@ def _zero_truncated_split(rng: np.random.Generator, expected_P: np.ndarray) -> n
     return rng.multinomial(photons, expected_P / total)
 
 
+def _check_finite(path: str | os.PathLike, parts: dict[str, dict[str, torch.Tensor]]) -> None:
+    for part, state in parts.items():
+        for name, tensor in state.items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise CheckpointError(
+                    f"{path}: weight {part}.{name} holds NaN or inf: the training that wrote "
+                    "this file diverged; train again (lower learning rates) or use an earlier "
+                    "model file")
+
+
 class TrainedModel:
     """A mixture with its scaler, detector and training config, ready to generate.
 
@@ -101,13 +111,17 @@ class TrainedModel:
         config: the training configuration (model section: noise width, experts).
         provenance: what made the model file (empty for live networks).
         path: the model file it was loaded from, if any.
+        gate, gate_info: the empty-response gate and its size and training report.
+        condition_ranges: min and max (9,) of the raw conditions it was trained on.
     """
 
     def __init__(self, mixture: MixtureOfExperts, *, scaler: Scaler, detector: Detector,
                  config: ExperimentConfig, provenance: dict[str, Any] | None = None,
                  path: Path | None = None, gate: EmptyGate | None = None,
-                 gate_info: dict[str, Any] | None = None) -> None:
+                 gate_info: dict[str, Any] | None = None,
+                 condition_ranges: dict[str, Any] | None = None) -> None:
         self.mixture = mixture
+        self.condition_ranges = condition_ranges
         self.gate, self.gate_info = gate, gate_info
         self.scaler, self.detector, self.config = scaler, detector, config
         self.provenance = provenance or {}
@@ -134,9 +148,11 @@ class TrainedModel:
                 raise CheckpointError(f"{path}: its gate does not fit its stated size "
                                       f"({str(error).splitlines()[0]})") from None
             gate.eval()
+        _check_finite(path, {"router": stored.router, "generator": stored.generator,
+                             "gate": stored.gate or {}})
         return cls(mixture.eval(), scaler=stored.scaler, detector=get_detector(stored.detector),
                    config=config, provenance=stored.provenance, path=Path(path), gate=gate,
-                   gate_info=stored.gate_info)
+                   gate_info=stored.gate_info, condition_ranges=stored.condition_ranges)
 
     def save(self, path: str | os.PathLike, provenance: dict[str, Any]) -> Path:
         """Write the model file (see expertsim.checkpoint)."""
@@ -146,7 +162,22 @@ class TrainedModel:
             generator=self.mixture.generator.state_dict(), scaler=self.scaler,
             provenance=provenance,
             gate=None if self.gate is None else self.gate.state_dict(),
-            gate_info=self.gate_info))
+            gate_info=self.gate_info, condition_ranges=self.condition_ranges))
+
+    def check_conditions(self, raw_N9: np.ndarray, detector: str | None, source: str) -> int:
+        """Check conditions before generating on them: refuses (DataSchemaError) a file made
+        for the other calorimeter; returns how many rows lie outside the training range of
+        some condition (0 when the model does not record its ranges)."""
+        if detector is not None and detector.upper() != self.detector.name:
+            raise DataSchemaError(
+                f"{source}: holds {detector.upper()} events, but the model "
+                f"{self.path or ''} draws {self.detector.name}: use a {self.detector.name} "
+                "model or conditions file")
+        if not self.condition_ranges:
+            return 0
+        low = np.asarray(self.condition_ranges["min"])
+        high = np.asarray(self.condition_ranges["max"])
+        return int(((raw_N9 < low) | (raw_N9 > high)).any(axis=1).sum())
 
     # ------------------------------------------------------------------ facts
 

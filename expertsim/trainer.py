@@ -29,7 +29,7 @@ from expertsim.detector import channel_sums
 from expertsim.devices import select_device
 from expertsim.distributed import (DistributedContext, all_reduce_sum, global_sum,
                                    sum_gradients)
-from expertsim.errors import CheckpointError, ConfigError
+from expertsim.errors import CheckpointError, ConfigError, TrainingError
 from expertsim.eventfile import EventFile
 from expertsim.loader import Batch, EventLoader
 from expertsim.metrics import N_GROUPS, channel_wasserstein, routing_agreement
@@ -165,6 +165,63 @@ class LogWindow:
         return means
 
 
+# Settings a resumed run may change without --resume-changed (dotted prefixes): where and
+# how long it runs, how it logs, where the data lies (its content is fingerprinted).
+FREE_ON_RESUME = ("name", "data.path", "data.simulate", "data.memory_limit_mb",
+                  "data.val_max_events", "train.epochs", "train.max_steps", "train.output_dir",
+                  "train.threads", "train.device", "train.log_every", "train.val_every",
+                  "tracking")
+
+
+def resume_changes(saved: ExperimentConfig, current: ExperimentConfig) -> list[str]:
+    """"key: old -> new" for every setting outside FREE_ON_RESUME that differs."""
+    before, after = saved.flat(), current.flat()
+    return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
+            for key in sorted(set(before) | set(after))
+            if before.get(key) != after.get(key)
+            and not any(key == free or key.startswith(free + ".") for free in FREE_ON_RESUME)]
+
+
+class NonFiniteWatch:
+    """The first step at which each loss term was NaN or inf, tracked on the device without a
+    host synchronisation per step; :meth:`check` (at log steps and before anything is saved)
+    raises a TrainingError naming the first step and term."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.first_bad_T: torch.Tensor | None = None
+        self.value_T: torch.Tensor | None = None
+
+    def update(self, scalars: dict[str, torch.Tensor], step: int) -> None:
+        if self.first_bad_T is None:
+            self.names = [name for name in scalars if not name.startswith("expert_fraction")]
+        values_T = torch.stack([torch.as_tensor(scalars[name]).detach().float().reshape(())
+                                for name in self.names])
+        if self.first_bad_T is None:
+            self.first_bad_T = torch.full_like(values_T, -1, dtype=torch.long)
+            self.value_T = torch.zeros_like(values_T)
+        newly_T = ~torch.isfinite(values_T) & (self.first_bad_T < 0)
+        self.first_bad_T = torch.where(newly_T, torch.full_like(self.first_bad_T, step),
+                                       self.first_bad_T)
+        self.value_T = torch.where(newly_T, values_T, self.value_T)
+
+    def check(self) -> None:
+        if self.first_bad_T is None:
+            return
+        steps = self.first_bad_T.cpu().tolist()
+        bad = [(step, name, value) for step, name, value
+               in zip(steps, self.names, self.value_T.cpu().tolist()) if step >= 0]
+        if not bad:
+            return
+        step, name, value = min(bad)
+        others = [n for s, n, _ in bad if s == step and n != name]
+        also = f" (at the same step also {', '.join(others[:4])})" if others else ""
+        raise TrainingError(
+            f"training stopped at step {step}: the loss term {name} is {value}{also}; the "
+            "networks diverged and no model file was written for these steps: lower the "
+            "learning rates (optim.*) or the loss weights (loss.*), or check the data")
+
+
 class Trainer:
     """Trains router, experts and auxiliary regressor on one event file.
 
@@ -216,6 +273,29 @@ class Trainer:
         self.untrained_ws: float | None = None
         self.run_id: str | None = None
         self.output_dir = Path(config.train.output_dir)
+        self.watch = NonFiniteWatch()
+        self.data_fingerprint, self.condition_ranges = self._describe_data()
+
+    def _describe_data(self) -> tuple[str, dict[str, Any]]:
+        """The training events' fingerprint, SHA-256 of their rows, conditions and photon sums
+        (content, not the path: a copied file has the same one), and the range of each raw
+        condition over what the model learnt from (stored in the model file: sampling warns
+        outside it): every train-split event when the model has a gate (it learnt which
+        particles leave no light from all of them), else the generators' events."""
+        import hashlib
+
+        rows = self.loader.indices
+        with EventFile(self.config.data.path) as events:
+            conditions_N9 = events.conditions()
+            photon_sum_N = events.derived("photon_sum", rows)
+            learnt_from = events.rows("train") if self.gate is not None else rows
+        digest = hashlib.sha256(self.detector.name.encode())
+        for values in (rows, conditions_N9[rows], photon_sum_N):
+            digest.update(np.ascontiguousarray(values).tobytes())
+        ranges = {"min": conditions_N9[learnt_from].min(axis=0).tolist(),
+                  "max": conditions_N9[learnt_from].max(axis=0).tolist(),
+                  "n_events": len(learnt_from)}
+        return digest.hexdigest(), ranges
 
     def _build_networks(self) -> None:
         """Router, experts, discriminators and auxiliary regressor with their optimizers
@@ -539,7 +619,8 @@ class Trainer:
         generator = self.generator if self.generator_ema is None else self.generator_ema
         return TrainedModel(MixtureOfExperts(self.router, generator),
                             scaler=self.loader.scaler, detector=self.detector, config=self.config,
-                            gate=self.gate, gate_info=self.gate_info)
+                            gate=self.gate, gate_info=self.gate_info,
+                            condition_ranges=self.condition_ranges)
 
     @torch.no_grad()
     def validate(self, batch_size: int = 1024) -> dict[str, float]:
@@ -582,6 +663,7 @@ class Trainer:
             "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
             "temperature": self.temperature, "best_ws": self.best_ws,
             "untrained_ws": self.untrained_ws, "run_id": self.run_id,
+            "data_fingerprint": self.data_fingerprint,
             "scaler_mean": torch.from_numpy(self.loader.scaler.mean),
             "scaler_scale": torch.from_numpy(self.loader.scaler.scale),
             **({} if self.generator_ema is None
@@ -606,11 +688,30 @@ class Trainer:
                      "untrained_ws", "run_id"):
             setattr(self, name, state[name])
 
-    def resume_from(self, path: str | Path) -> None:
+    def resume_from(self, path: str | Path, *, allow_changes: bool = False) -> list[str]:
+        """Continue from a checkpoint; returns the settings that differ from the checkpoint's.
+
+        The model section must match. Other settings (FREE_ON_RESUME aside) and the training
+        data (its fingerprint) must match too, unless ``allow_changes``.
+        """
         config, state = load_checkpoint(path)
-        if config_from_dict(config).model != self.config.model:
+        saved = config_from_dict(config, str(path))
+        if saved.model != self.config.model:
             raise CheckpointError(f"{path}: its model section differs from this run's config; "
                                   "resume with the config the checkpoint was made with")
+        changes = resume_changes(saved, self.config)
+        stored_fingerprint = state.get("data_fingerprint")
+        if stored_fingerprint is not None and stored_fingerprint != self.data_fingerprint:
+            changes.append(f"training data: {self.config.data.path} holds other events than "
+                           "the run was trained on")
+        if changes and not allow_changes:
+            raise CheckpointError(
+                f"{path}: this run's settings differ from the checkpoint's ("
+                + "; ".join(changes[:3]) + (f"; {len(changes) - 3} more" if len(changes) > 3
+                                            else "")
+                + "): resume with the config it was made with, start over with --no-resume "
+                "(or another train.output_dir), or pass --resume-changed to go on with the "
+                "new settings")
         try:
             self.load_state_dict(state)
         except CheckpointError as error:
@@ -620,6 +721,7 @@ class Trainer:
                 f"{path}: its networks do not fit this version's ({str(error).splitlines()[0]}); "
                 "it was probably written by an older ExpertSim: start over with --no-resume or "
                 "another train.output_dir") from None
+        return changes
 
     def save_checkpoint(self, name: str) -> Path:
         return save_checkpoint(self.output_dir / name, config=self.config.to_dict(),
@@ -677,12 +779,15 @@ class Trainer:
         for index, batch in enumerate(self.loader):
             if index < self.batch_in_epoch:
                 continue  # resumed mid-epoch: these batches were trained on already
-            window.add(self.train_step(batch).scalars())
+            scalars = self.train_step(batch).scalars()
+            window.add(scalars)
             self.step, self.batch_in_epoch = self.step + 1, index + 1
+            self.watch.update(scalars, self.step)
             if progress is not None:
                 progress(self)
             at_log_step = self.step % train.log_every == 0
             if at_log_step:
+                self.watch.check()
                 logged = window.flush()
                 history.append({"step": self.step, **logged})
                 if self.context.is_main:
@@ -702,6 +807,7 @@ class Trainer:
     def _end(self, status: str) -> None:
         """Save the last checkpoint (rank 0); unless pre-empted (it will be resumed), make sure
         a model file exists and log the artifacts."""
+        self.watch.check()
         if not self.context.is_main:
             return
         self.save_checkpoint("checkpoint_last.pt")
@@ -724,6 +830,7 @@ class Trainer:
         return all_reduce_sum(flag, self.context).item() > 0
 
     def _end_of_epoch_validation(self) -> None:
+        self.watch.check()
         metrics = self.validate()
         metrics["train/temperature"] = self.temperature
         metrics["epoch"] = self.epoch

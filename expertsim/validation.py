@@ -87,7 +87,8 @@ def _read(path: Path) -> dict[str, np.ndarray]:
                                              if convention == DEFAULT_CHANNEL_CONVENTION
                                              else channel_sums(images, convention))
         out["images"] = images
-        out["energy"] = events.conditions()[:, 0]
+        out["conditions"] = events.conditions()
+        out["energy"] = out["conditions"][:, 0]
         out["group"] = events.derived("group")
         out["condition_id"] = events.derived("condition_id")
         pdg = events.pdg()
@@ -423,10 +424,35 @@ def _read_generated(path: Path, reference: dict, reference_path: Path) -> dict:
     if "source_row" not in generated:
         raise DataSchemaError(f"{path}: no '/source_row': make it with expertsim sample "
                               f"--conditions {reference_path}")
-    if generated["source_row"].max() >= len(reference["photon_sum"]):
+    check_same_detector(path, reference_path)
+    source_row = generated["source_row"]
+    if source_row.min() < 0 or source_row.max() >= len(reference["photon_sum"]):
         raise DataSchemaError(f"{path}: its source rows exceed {reference_path}'s "
                               f"{len(reference['photon_sum'])} events: other conditions")
+    differs = ~np.isclose(generated["conditions"], reference["conditions"][source_row],
+                          rtol=1e-6, atol=1e-9).all(axis=1)
+    if differs.any():
+        row = int(np.flatnonzero(differs)[0])
+        raise DataSchemaError(
+            f"{path}: row {row} was generated on other conditions than {reference_path}'s row "
+            f"{int(source_row[row])} ({int(differs.sum())} rows differ): generate on this "
+            f"reference (expertsim sample --conditions {reference_path})")
     return generated
+
+
+def check_same_detector(path: str | os.PathLike, reference_path: str | os.PathLike,
+                        detector: str | None = None) -> None:
+    """Refuse (DataSchemaError) to score ``path`` (an event file, or a model or export whose
+    ``detector`` is given) against a reference of the other calorimeter."""
+    if detector is None:
+        with EventFile(path) as events:
+            detector = events.detector.name
+    with EventFile(reference_path) as events:
+        theirs = events.detector.name
+    if detector.upper() != theirs:
+        raise DataSchemaError(f"{path} draws {detector.upper()}, but the reference "
+                              f"{reference_path} holds {theirs} events: validate against a "
+                              f"{detector.upper()} reference")
 
 
 def _headline_by_label(generated: dict, paired: dict, label_N: np.ndarray) -> dict:
@@ -481,7 +507,9 @@ def validate_model(model_path: str | os.PathLike, reference_path: str | os.PathL
     reference events first (written to output_dir/reference.h5), unless
     ``selected_reference`` already holds that selection."""
     from expertsim.sampling import sample_to_file
+    from expertsim.trained_model import TrainedModel
 
+    check_same_detector(model_path, reference_path, TrainedModel.load(model_path).detector.name)
     output_dir = Path(output_dir)
     reference = _reference(reference_path, output_dir, split, min_photon_sum,
                            selected_reference)
@@ -507,6 +535,7 @@ def validate_lookup(train_path: str | os.PathLike, reference_path: str | os.Path
     "generation" (the table is deterministic) on the selected reference events."""
     from expertsim.lookup import lookup_to_file
 
+    check_same_detector(train_path, reference_path)
     output_dir = Path(output_dir)
     reference = _reference(reference_path, output_dir, split, min_photon_sum,
                            selected_reference)
@@ -524,8 +553,9 @@ def validate_export(export_dir: str | os.PathLike, reference_path: str | os.Path
     """Score an ONNX export the way ALICE O2 would run it: ``generations`` passes of the O2
     replica (expertsim.o2: classifier, then generator, at batch 1 on ``threads`` threads,
     truncation, O2's pixel order) over the reference's particles, then ``validate``."""
-    from expertsim.o2 import replica_to_file
+    from expertsim.o2 import O2Replica, replica_to_file
 
+    check_same_detector(export_dir, reference_path, O2Replica(export_dir).detector)
     output_dir = Path(output_dir)
     reference = _reference(reference_path, output_dir, split, min_photon_sum, None)
     files = [replica_to_file(export_dir, reference, output_dir / f"o2_{k}.h5", seed=seed + k,
@@ -633,7 +663,18 @@ def summary_lines(report: dict) -> list[str]:
             f"{_fmt(overall['false_non_empty'])}; largest energy-bin difference "
             f"{_fmt(gate['max_bin_difference'])} (MC repeats "
             f"{_fmt(gate['max_bin_difference_floor'])})")
+    lines.append(f"thresholds: {threshold_status(report)}")
     return lines
+
+
+def threshold_status(report: dict) -> str:
+    """"no thresholds given", "all N hold" or "FAILED: ..." (never a pass without limits)."""
+    limits = report.get("thresholds") or {}
+    if not limits:
+        return "no thresholds given (nothing was checked)"
+    if report["passed"]:
+        return f"all {len(limits)} hold (PASSED)"
+    return "FAILED: " + "; ".join(report["failed_thresholds"])
 
 
 def _fmt(value: float | None, interval: list[float] | None = None, digits: int = 3) -> str:
@@ -664,8 +705,7 @@ def render_html(report: dict, figures: list[str]) -> str:
              _fmt(floor["classifier_auc"]) if floor else "n/a")]
     table = "".join(f"<tr><td>{html.escape(a)}</td><td>{b}</td><td>{c}</td></tr>"
                     for a, b, c in rows)
-    status = "PASSED" if report["passed"] else "FAILED: " + html.escape(
-        "; ".join(report["failed_thresholds"]))
+    status = html.escape(threshold_status(report))
     images = "".join(f'<h3>{html.escape(name)}</h3><img src="{html.escape(name)}" '
                      'style="max-width:100%">' for name in figures)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>ExpertSim validation"

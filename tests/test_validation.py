@@ -142,15 +142,19 @@ def test_validate_with_a_model_generates_first(reference, tmp_path):
 def test_mlflow_logging_into_an_existing_run(reference, tmp_path, monkeypatch):
     import mlflow
 
-    monkeypatch.chdir(tmp_path)
+    # an absolute store: MLflow caches stores by URI, so a relative sqlite:///mlflow.db used
+    # by an earlier test in this process would point at that test's folder
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     good = generated_from_simulation(reference, tmp_path / "good.h5", seed=3)
-    mlflow.set_tracking_uri("sqlite:///mlflow.db")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("validate-logging")  # not the active experiment of another store
     with mlflow.start_run() as run:
         pass
     result = run_validate("--reference", reference, "--generated", good, "-o", tmp_path / "r",
                           "--mlflow-run", run.info.run_id)
     assert result.exit_code == 0, result.output
-    logged = mlflow.MlflowClient("sqlite:///mlflow.db").get_run(run.info.run_id)
+    logged = mlflow.MlflowClient(uri).get_run(run.info.run_id)
     assert logged.data.metrics["validate/ws_mean"] > 0
 
 

@@ -25,9 +25,9 @@ MC="$OUT/mc.h5"
 test -f "$MC" || "$EXPERTSIM" simulate --detector "$DETECTOR" -n $((2 * N_PARTICLES)) --repeat 2 \
     --seed 77 -o "$MC"
 "$EXPERTSIM" validate --model "$MODEL" --reference "$MC" --generations "$GENERATIONS" \
-    -o "$OUT/package"
-"$EXPERTSIM" export --model "$MODEL" -o "$OUT/onnx"
+    -o "$OUT/package" --overwrite
+"$EXPERTSIM" export --model "$MODEL" -o "$OUT/onnx" --overwrite
 "$EXPERTSIM" validate --export "$OUT/onnx" --reference "$MC" --generations "$GENERATIONS" \
-    -o "$OUT/o2" --against "$OUT/package"
+    -o "$OUT/o2" --against "$OUT/package" --overwrite
 "$PYTHON" benchmarks/stream.py --model "$MODEL" --export "$OUT/onnx" --particles "$MC" \
     -n 20000 -o "$OUT/stream.json"

@@ -31,7 +31,15 @@ def _split_option(function):
 _seed_option = click.option("--seed", default=0, show_default=True, type=int,
                             help="Random seed (recorded in the file).")
 _output_option = click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-                              help="Event file to write (HDF5).")
+                              help="Event file to write (HDF5); never one of the inputs.")
+_overwrite_option = click.option("--overwrite", is_flag=True,
+                                 help="Replace the output file if it exists.")
+
+
+def _check_output(output: str, *inputs: str | None, overwrite: bool) -> None:
+    from expertsim.fileio import check_output
+
+    check_output(output, inputs=inputs, overwrite=overwrite)
 
 
 @click.command()
@@ -44,8 +52,9 @@ _output_option = click.option("-o", "--output", required=True, type=click.Path(d
 @click.option("--repeat", default=1, show_default=True, type=click.IntRange(min=1),
               help="Simulate each particle this many times (gives the per-condition spread).")
 @_split_option
+@_overwrite_option
 def simulate(detector: str, n_events: int, output: str, seed: int, repeat: int,
-             split_fractions: tuple[float, float, float]) -> None:
+             split_fractions: tuple[float, float, float], overwrite: bool) -> None:
     """Simulate ZDC responses with the built-in parametric Monte Carlo.
 
     \b
@@ -55,6 +64,7 @@ def simulate(detector: str, n_events: int, output: str, seed: int, repeat: int,
     """
     from expertsim.simulate import simulate_to_file
 
+    _check_output(output, overwrite=overwrite)
     with tqdm(total=n_events, unit="ev", desc=f"simulate {detector.upper()}") as bar:
         simulate_to_file(output, detector, n_events, seed=seed, repeat=repeat,
                          split_fractions=split_fractions, progress=bar.update)
@@ -86,7 +96,9 @@ _detector_hint = click.option(
 @_detector_hint
 @_seed_option
 @_split_option
-def prepare_npz_pair(responses, particles, output, detector, seed, split_fractions) -> None:
+@_overwrite_option
+def prepare_npz_pair(responses, particles, output, detector, seed, split_fractions,
+                     overwrite) -> None:
     """The flow-matching pair: RESPONSES (arr_0: N x H x W) and PARTICLES (arr_0: N x 10).
 
     \b
@@ -95,6 +107,7 @@ def prepare_npz_pair(responses, particles, output, detector, seed, split_fractio
     """
     from expertsim.convert import from_npz_pair
 
+    _check_output(output, responses, particles, overwrite=overwrite)
     from_npz_pair(responses, particles, output, detector=detector, seed=seed,
                   split_fractions=split_fractions)
     click.echo(f"wrote {output}")
@@ -106,7 +119,8 @@ def prepare_npz_pair(responses, particles, output, detector, seed, split_fractio
 @_detector_hint
 @_seed_option
 @_split_option
-def prepare_npz(path, output, detector, seed, split_fractions) -> None:
+@_overwrite_option
+def prepare_npz(path, output, detector, seed, split_fractions, overwrite) -> None:
     """A generic npz holding 'images' (N, H, W), 'conditions' (N, 9) and optionally 'pdg' (N,).
 
     \b
@@ -115,6 +129,7 @@ def prepare_npz(path, output, detector, seed, split_fractions) -> None:
     """
     from expertsim.convert import from_npz
 
+    _check_output(output, path, overwrite=overwrite)
     from_npz(path, output, detector=detector, seed=seed, split_fractions=split_fractions)
     click.echo(f"wrote {output}")
 
@@ -134,8 +149,9 @@ def prepare_npz(path, output, detector, seed, split_fractions) -> None:
 @_detector_hint
 @_seed_option
 @_split_option
+@_overwrite_option
 def prepare_pickle(images, conditions, positions, trust_pickle, output, detector, seed,
-                   split_fractions) -> None:
+                   split_fractions, overwrite) -> None:
     """The ExpertSim / SDI-GAN pandas pickles (needs --trust-pickle and pandas).
 
     A pickle is a program, not data: loading one runs whatever it contains. This command
@@ -148,6 +164,7 @@ def prepare_pickle(images, conditions, positions, trust_pickle, output, detector
     """
     from expertsim.convert import from_pickle_trio
 
+    _check_output(output, images, conditions, positions, overwrite=overwrite)
     from_pickle_trio(images, conditions, output, positions=positions, trust_pickle=trust_pickle,
                      detector=detector, seed=seed, split_fractions=split_fractions)
     click.echo(f"wrote {output}")
@@ -158,7 +175,8 @@ def prepare_pickle(images, conditions, positions, trust_pickle, output, detector
 @_output_option
 @_seed_option
 @_split_option
-def prepare_h5(path, output, seed, split_fractions) -> None:
+@_overwrite_option
+def prepare_h5(path, output, seed, split_fractions, overwrite) -> None:
     """An HDF5 file with at least /images and /conditions: re-derive everything else.
 
     \b
@@ -167,6 +185,7 @@ def prepare_h5(path, output, seed, split_fractions) -> None:
     """
     from expertsim.convert import from_event_h5
 
+    _check_output(output, path, overwrite=overwrite)
     from_event_h5(path, output, seed=seed, split_fractions=split_fractions)
     click.echo(f"wrote {output}")
 
@@ -198,7 +217,8 @@ def _format_summary(summary: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Save example images and channel histograms to this PNG.")
-def inspect(path: str, as_json: bool, plot: str | None) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace the --plot file if it exists.")
+def inspect(path: str, as_json: bool, plot: str | None, overwrite: bool) -> None:
     """Summarise an event file: detector, N, condition ranges, photon sums, empties.
 
     \b
@@ -206,8 +226,11 @@ def inspect(path: str, as_json: bool, plot: str | None) -> None:
       expertsim inspect zn.h5 --plot zn.png
     """
     from expertsim.eventfile import summarize
+    from expertsim.fileio import check_output
     from expertsim.plots import plot_event_file
 
+    if plot:
+        check_output(plot, inputs=(path,), overwrite=overwrite, option="--plot")
     summary = summarize(path)
     click.echo(json.dumps(summary, indent=2) if as_json else _format_summary(summary))
     if plot:

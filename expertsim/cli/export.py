@@ -20,7 +20,10 @@ import click
               help="Random conditions in the check.")
 @click.option("--check-seed", default=0, show_default=True, type=int,
               help="Seed of the check's conditions and noise.")
-def export(model_path, export_format, output, opset, check, check_events, check_seed) -> None:
+@click.option("--overwrite", is_flag=True,
+              help="Replace the export files in OUTPUT if it holds an export already.")
+def export(model_path, export_format, output, opset, check, check_events, check_seed,
+           overwrite) -> None:
     """Export a trained model for ALICE O2's ZDC fast simulation, as O2 consumes it.
 
     The generator (model.onnx: noise (batch, 10) and scaled conditions (batch, 9) in; photon
@@ -33,8 +36,10 @@ def export(model_path, export_format, output, opset, check, check_events, check_
     Example:
       expertsim export --model runs/zn_cpu/model.pt --format onnx -o export/zn
     """
-    from expertsim.export import describe_check, export_onnx
+    from expertsim.export import EXPORT_FILES, describe_check, export_onnx
+    from expertsim.fileio import check_output_folder
 
+    check_output_folder(output, inputs=(model_path,), writes=EXPORT_FILES, overwrite=overwrite)
     directory, result = export_onnx(model_path, output, opset=opset, check=check,
                                     check_events=check_events, seed=check_seed)
     click.echo(f"wrote {directory}: model.onnx, scales.txt, classifier.onnx, "

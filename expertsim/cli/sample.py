@@ -25,8 +25,12 @@ from tqdm import tqdm
               help="Run the model's empty-response gate first (default: when the model has "
                    "one): particles it stops are written as empty events at the gate's cost "
                    "only. --no-gate gives every particle a response with light.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
+              help="CPU threads for PyTorch (1 is fastest for a sampling job beside others on "
+                   "a shared node; raise it when the job has the cores to itself).")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 def sample(model_path, conditions_path, output, seed, repeat, shard_text, batch_size,
-           device, gate) -> None:
+           device, gate, threads, overwrite) -> None:
     """Generate events for the given conditions with a trained model.
 
     Shards of one run (same model, seed, repeat) hold exactly the rows of the unsharded run;
@@ -38,9 +42,14 @@ def sample(model_path, conditions_path, output, seed, repeat, shard_text, batch_
       expertsim sample --model model.pt --conditions particles.csv --repeat 5 -o gen.h5
       expertsim sample --model model.pt --conditions mc.h5 --shard 3/10 -o gen_3.h5
     """
-    from expertsim.sampling import Shard, describe, read_conditions, sample_to_file
-    from expertsim.devices import select_device
+    import torch
 
+    from expertsim.devices import select_device
+    from expertsim.fileio import check_output
+    from expertsim.sampling import Shard, describe, read_conditions, sample_to_file
+
+    check_output(output, inputs=(model_path, conditions_path), overwrite=overwrite)
+    torch.set_num_threads(threads)
     shard = Shard.parse(shard_text)
     first, stop = shard.bounds(len(read_conditions(conditions_path)[0]))
     with tqdm(total=(stop - first) * repeat, unit="ev", desc="sample") as bar:
@@ -53,8 +62,9 @@ def sample(model_path, conditions_path, output, seed, repeat, shard_text, batch_
 @click.command()
 @click.argument("shards", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Merged event file to write.")
-def merge(shards, output) -> None:
+              help="Merged event file to write (never one of the shards).")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def merge(shards, output, overwrite) -> None:
     """Join the shard files of one sampling run into one event file.
 
     Refuses shards of different models, detectors, seeds or runs, and missing shards.
@@ -63,8 +73,10 @@ def merge(shards, output) -> None:
     Example:
       expertsim merge gen_0.h5 gen_1.h5 gen_2.h5 -o gen.h5
     """
+    from expertsim.fileio import check_output
     from expertsim.sampling import describe, merge_shards
 
+    check_output(output, inputs=shards, overwrite=overwrite)
     with tqdm(unit="ev", desc="merge") as bar:
         merge_shards(list(shards), output, progress=bar.update)
     click.echo(f"wrote {output}: {describe(output)}")

@@ -17,12 +17,22 @@ EXIT_PREEMPTED = 75
               help="Override a config value, e.g. --set train.epochs=5 (repeatable).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue from OUTPUT_DIR/checkpoint_last.pt when it exists.")
-def train(config_path: str, overrides: tuple[str, ...], resume: bool) -> None:
+@click.option("--resume-changed", is_flag=True,
+              help="Resume even though settings (other than run length, logging, device, "
+                   "threads and paths) or the training events differ from the checkpoint's; "
+                   "refused without it.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the model and checkpoints of another run in OUTPUT_DIR (refused "
+                   "without it, unless the run resumes them).")
+def train(config_path: str, overrides: tuple[str, ...], resume: bool, resume_changed: bool,
+          overwrite: bool) -> None:
     """Train a Mixture-of-Generative-Experts model.
 
     Writes OUTPUT_DIR/model.pt (best validation channel-WS), checkpoint_best.pt and
     checkpoint_last.pt, and logs to MLflow. SIGTERM or SIGUSR1 makes it save a checkpoint and
-    exit with status 75; run it again (same command) to continue where it stopped.
+    exit with status 75; run it again (same command) to continue where it stopped. One
+    training at a time per OUTPUT_DIR (OUTPUT_DIR/train.lock names the holder). A NaN or
+    infinite loss stops the run with an error naming the step and the term (exit 2).
 
     \b
     Examples:
@@ -35,7 +45,8 @@ def train(config_path: str, overrides: tuple[str, ...], resume: bool) -> None:
 
     config = load_config(config_path, list(overrides))
     result = train_run(
-        config, resume=resume, log=click.echo,
+        config, resume=resume, overwrite=overwrite, resume_changed=resume_changed,
+        log=click.echo,
         progress=lambda total, done: tqdm(total=total, initial=done, unit="step",
                                           desc=config.name),
         data_progress=lambda n: tqdm(total=n, unit="ev",
@@ -81,7 +92,9 @@ def gate_summary(report: dict | None) -> str:
                                                                              min_open=True))
 @click.option("--hidden", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)
-def gate(model_path, data_path, output, steps, batch_size, lr, hidden, seed) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def gate(model_path, data_path, output, steps, batch_size, lr, hidden, seed,
+         overwrite) -> None:
     """Train the empty-response gate for an existing model and write the gated model.
 
     expertsim train trains one already (section gate: of the config); this adds or replaces
@@ -91,8 +104,10 @@ def gate(model_path, data_path, output, steps, batch_size, lr, hidden, seed) -> 
     Example:
       expertsim gate --model runs/zp/model.pt --data data/zp.h5 -o runs/zp/model_gated.pt
     """
+    from expertsim.fileio import check_output
     from expertsim.gate import add_gate
 
+    check_output(output, inputs=(model_path, data_path), overwrite=overwrite)
     report = add_gate(model_path, data_path, output, steps=steps, batch_size=batch_size,
                       lr=lr, hidden=hidden, seed=seed)
     click.echo(f"wrote {output}")

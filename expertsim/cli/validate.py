@@ -8,6 +8,9 @@ import click
 from tqdm import tqdm
 
 EXIT_THRESHOLDS_FAILED = 3
+# What a validation writes into its report folder (--overwrite replaces them)
+REPORT_FILES = ("metrics.json", "index.html", "*.png", "reference.h5", "generated_*.h5",
+                "lookup_*.h5", "o2_*.h5", "agreement.json")
 
 
 @click.command()
@@ -44,8 +47,11 @@ EXIT_THRESHOLDS_FAILED = 3
               help="Use only reference events with at least this many photons (with --model; "
                    "match the training filter).")
 @click.option("--mlflow-run", default=None, help="Also log the headline numbers to this run.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the report files in OUTPUT if it holds a report already.")
 def validate(reference, generated, model_path, lookup_train, export_dir, against, threads,
-             generations, seed, output, thresholds, split, min_photon_sum, mlflow_run) -> None:
+             generations, seed, output, thresholds, split, min_photon_sum, mlflow_run,
+             overwrite) -> None:
     """Compare generated events with Monte Carlo and write a report.
 
     \b
@@ -58,9 +64,8 @@ def validate(reference, generated, model_path, lookup_train, export_dir, against
       expertsim validate --export runs/smoke/onnx --reference data/smoke_zn_mc.h5 \
           -o o2_report/ --against report_all/
     """
-    import yaml
-
     from expertsim.errors import ConfigError
+    from expertsim.fileio import check_output_folder
     from expertsim.validation import (compare_with_package, summary_lines,
                                       validate as run_validation, validate_export,
                                       validate_lookup, validate_model)
@@ -72,7 +77,12 @@ def validate(reference, generated, model_path, lookup_train, export_dir, against
     if (split != "all" or min_photon_sum is not None) and generated:
         raise ConfigError("--split and --min-photon-sum select the conditions to generate on: "
                           "use them with --model or --lookup")
-    limits = yaml.safe_load(Path(thresholds).read_text()) if thresholds else None
+    check_output_folder(output, overwrite=overwrite, writes=REPORT_FILES, inputs=(
+        reference, *generated, model_path, lookup_train, thresholds, *_folder_inputs(
+            export_dir, against)))
+    limits = _read_thresholds(thresholds) if thresholds else None
+    if mlflow_run:
+        _check_mlflow_run(mlflow_run)
     if model_path:
         report = validate_model(model_path, reference, output, generations=generations,
                                 seed=seed, split=split, min_photon_sum=min_photon_sum,
@@ -103,6 +113,48 @@ def validate(reference, generated, model_path, lookup_train, export_dir, against
         click.echo("thresholds failed: " + "; ".join(report["failed_thresholds"]), err=True)
     if not (report["passed"] and agrees):
         raise SystemExit(EXIT_THRESHOLDS_FAILED)
+
+
+def _folder_inputs(export_dir: str | None, against: str | None) -> list[Path]:
+    """The files read from the --export and --against folders (never to be written over)."""
+    from expertsim.export import EXPORT_FILES
+
+    return [*((Path(export_dir) / name for name in EXPORT_FILES) if export_dir else ()),
+            *((Path(export_dir),) if export_dir else ()),
+            *((Path(against) / "metrics.json",) if against else ())]
+
+
+def _read_thresholds(path: str) -> dict[str, float]:
+    """{metric.path: maximum} from a JSON or YAML file; ConfigError naming what is wrong."""
+    import math
+
+    import yaml
+
+    from expertsim.errors import ConfigError
+
+    if not Path(path).is_file():
+        raise ConfigError(f"--thresholds {path}: no such file")
+    try:
+        limits = yaml.safe_load(Path(path).read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"--thresholds {path}: not JSON or YAML "
+                          f"({str(error).splitlines()[0]})") from None
+    if not isinstance(limits, dict) or not limits:
+        raise ConfigError(f"--thresholds {path}: write a mapping {{metric.path: maximum}}, "
+                          "e.g. 'headline.ws_mean: 2.5'")
+    for key, value in limits.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            raise ConfigError(f"--thresholds {path}: the limit of {key!r} must be a finite "
+                              f"number, got {value!r}")
+    return limits
+
+
+def _check_mlflow_run(run_id: str) -> None:
+    from expertsim.config import TrackingConfig
+    from expertsim.tracking import check_run
+
+    check_run(TrackingConfig().uri, run_id)
 
 
 def _log_to_mlflow(run_id: str, report: dict, output: str) -> None:
