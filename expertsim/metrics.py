@@ -27,6 +27,21 @@ def _warn_if_small(*samples: np.ndarray) -> None:
                       stacklevel=3)
 
 
+def wasserstein_1d(u_N: np.ndarray, v_M: np.ndarray) -> float:
+    """Wasserstein-1 distance between two 1-D samples (the area between their empirical
+    CDFs). For equal sizes it is the mean absolute difference of the sorted samples, computed
+    so (two sorts: ~2x faster than the general merge of scipy.stats.wasserstein_distance,
+    which handles unequal sizes and is used for them).
+
+    >>> wasserstein_1d(np.array([0.0, 1.0]), np.array([3.0, 2.0]))
+    2.0
+    """
+    u_N, v_M = np.asarray(u_N, dtype=np.float64), np.asarray(v_M, dtype=np.float64)
+    if len(u_N) != len(v_M) or len(u_N) == 0:
+        return float(wasserstein_distance(u_N, v_M))
+    return float(np.abs(np.sort(u_N) - np.sort(v_M)).mean())
+
+
 def channel_wasserstein(generated_NC: np.ndarray, reference_MC: np.ndarray) -> np.ndarray:
     """Wasserstein-1 distance (photons) of each channel's distribution, shape (C,).
 
@@ -43,7 +58,7 @@ def channel_wasserstein(generated_NC: np.ndarray, reference_MC: np.ndarray) -> n
         raise ValueError(f"channel arrays must be (N, C) with equal C, got {generated_NC.shape} "
                          f"and {reference_MC.shape}")
     _warn_if_small(generated_NC, reference_MC)
-    return np.array([wasserstein_distance(generated_NC[:, k], reference_MC[:, k])
+    return np.array([wasserstein_1d(generated_NC[:, k], reference_MC[:, k])
                      for k in range(generated_NC.shape[1])])
 
 
@@ -55,7 +70,7 @@ def distribution_distances(generated_N: np.ndarray, reference_M: np.ndarray) -> 
     """
     generated_N, reference_M = np.asarray(generated_N, float), np.asarray(reference_M, float)
     _warn_if_small(generated_N, reference_M)
-    return {"wasserstein": float(wasserstein_distance(generated_N, reference_M)),
+    return {"wasserstein": wasserstein_1d(generated_N, reference_M),
             "ks": float(ks_2samp(generated_N, reference_M).statistic)}
 
 

@@ -82,8 +82,9 @@ def validation_figures(generated: dict, reference: dict, paired: dict, report: d
     """The validation report's figures: channels.png (histograms with ratio panels),
     mean_images.png, examples.png, response_energy.png; returns the file names.
 
-    ``generated``, ``reference``: feature dicts (expertsim.metrics.event_features plus
-    "images"); ``paired``: the reference event of each generated row; ``report``: metrics.json.
+    ``generated``, ``reference``: feature dicts (expertsim.metrics.event_features plus "path"
+    and "row": the images are read from the files, block by block for the mean images);
+    ``paired``: the reference event of each generated row; ``report``: metrics.json.
     """
     figures = {
         "channels.png": _channel_ratio_figure(generated, reference,
@@ -123,9 +124,9 @@ def _channel_ratio_figure(generated: dict, reference: dict, ws_channels: list[fl
 
 def _mean_images_figure(generated: dict, reference: dict):
     figure, axes = _pyplot().subplots(1, 2, figsize=(8, 4))
-    for axis, (title, images) in zip(axes, (("Monte Carlo", reference["images"]),
-                                            ("generated", generated["images"]))):
-        shown = axis.imshow(np.asarray(images, float).mean(axis=0), cmap="viridis")
+    for axis, (title, source) in zip(axes, (("Monte Carlo", reference),
+                                            ("generated", generated))):
+        shown = axis.imshow(mean_image(source["path"], source["row"]), cmap="viridis")
         axis.set_title(f"mean image, {title}")
         figure.colorbar(shown, ax=axis)
     return figure
@@ -135,15 +136,33 @@ def _examples_figure(generated: dict, paired: dict):
     order = np.argsort(paired["photon_sum"])
     picks = order[np.linspace(len(order) // 2, len(order) - 1, 5).astype(int)]
     figure, axes = _pyplot().subplots(2, 5, figsize=(15, 6))
+    shown = {}
+    for label, source in (("MC", paired), ("generated", generated)):
+        with EventFile(source["path"]) as events:
+            shown[label] = events.images(source["row"][picks])
     for column, row in enumerate(picks):
         for line, (label, source) in enumerate((("MC", paired), ("generated", generated))):
-            image = np.log1p(np.asarray(source["images"][row], float))
+            image = np.log1p(np.asarray(shown[label][column], float))
             axes[line, column].imshow(image, cmap="viridis")
             axes[line, column].set_title(f"{label}: {source['photon_sum'][row]:.0f} ph",
                                          fontsize=9)
             axes[line, column].set_xticks([]), axes[line, column].set_yticks([])
     figure.suptitle("same conditions, Monte Carlo (top) and generated (bottom); log(1 + photons)")
     return figure
+
+
+def mean_image(path: str | Path, rows: np.ndarray, block: int = 4096) -> np.ndarray:
+    """Mean image (H, W) of the events ``rows`` of an event file (repeats count as often as
+    they appear), read block by block."""
+    with EventFile(path) as events:
+        weight_N = np.bincount(rows, minlength=events.n_events).astype(np.float64)
+        total = np.zeros(events.detector.shape)
+        for start in range(0, events.n_events, block):
+            stop = min(start + block, events.n_events)
+            if weight_N[start:stop].any():
+                total += np.tensordot(weight_N[start:stop],
+                                      events.image_range(start, stop).astype(np.float64), 1)
+    return total / max(len(rows), 1)
 
 
 def _response_figure(response: dict):

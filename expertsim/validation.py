@@ -56,7 +56,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -64,7 +64,7 @@ from expertsim import __version__
 from expertsim import metrics
 from expertsim.detector import CHANNEL_CONVENTIONS, DEFAULT_CHANNEL_CONVENTION, channel_sums
 from expertsim.errors import ConfigError, DataSchemaError
-from expertsim.eventfile import EventFile, write_event_file
+from expertsim.eventfile import EventFile, EventFileWriter
 from expertsim.fileio import write_text
 from expertsim.plots import validation_figures
 
@@ -76,17 +76,30 @@ SHAPE_KEYS = ("fibres_hit", "brightest_row", "brightest_col", "centroid_x", "cen
               "width_x", "width_y")
 
 
-def _read(path: Path) -> dict[str, np.ndarray]:
-    """Features of every event of an event file (expertsim.metrics.event_features), with the
-    images, energy, intensity group, condition id and, for sample files, expert and row."""
+READ_BLOCK = 4096  # events per block when features are computed (~60 MB of float64 ZN images)
+
+
+def _read(path: Path, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Features of every event of an event file (expertsim.metrics.event_features), computed
+    block by block so that the images are never held whole, with energy, conditions,
+    intensity group, condition id, "row" (the file row) and, for sample files, expert and
+    source row; "path" names the file (the plots read the few images they show from it)."""
     with EventFile(path) as events:
-        images = events.images()
-        out = metrics.event_features(images)
-        for convention in CHANNEL_CONVENTIONS:  # the default one is computed already
-            out[f"channels@{convention}"] = (out["channels"]
-                                             if convention == DEFAULT_CHANNEL_CONVENTION
-                                             else channel_sums(images, convention))
-        out["images"] = images
+        parts = []
+        for start in range(0, events.n_events, READ_BLOCK):
+            images = events.image_range(start, min(start + READ_BLOCK, events.n_events))
+            part = metrics.event_features(images)
+            for convention in CHANNEL_CONVENTIONS:  # the default one is computed already
+                part[f"channels@{convention}"] = (part["channels"]
+                                                  if convention == DEFAULT_CHANNEL_CONVENTION
+                                                  else channel_sums(images, convention))
+            parts.append(part)
+            if progress is not None:
+                progress(len(images))
+        out: dict[str, Any] = {key: np.concatenate([part[key] for part in parts])
+                               for key in parts[0]}
+        out["row"] = np.arange(events.n_events)
+        out["path"] = str(path)
         out["conditions"] = events.conditions()
         out["energy"] = out["conditions"][:, 0]
         out["group"] = events.derived("group")
@@ -130,7 +143,8 @@ def _classifier_features(features: dict) -> np.ndarray:
 
 
 def _subset(features: dict, mask: np.ndarray) -> dict:
-    return {k: v[mask] for k, v in features.items()}
+    """The events ``mask`` selects (a boolean mask or rows) of every per-event array."""
+    return {k: v[mask] if isinstance(v, np.ndarray) else v for k, v in features.items()}
 
 
 def _model_pairs(generated: dict, reference: dict, matched: tuple | None, path: Path
@@ -257,29 +271,35 @@ def select_reference(path: str | os.PathLike, output: str | os.PathLike, *, spli
         if len(rows) == 0:
             raise ConfigError(f"{path}: no events in split {split!r} with photon sum >= "
                               f"{min_photon_sum}")
-        images, conditions, pdg = events.images(rows), events.conditions(rows), events.pdg(rows)
-    write_event_file(output, images, conditions, detector=info.detector, pdg_N=pdg,
-                     provenance=make_provenance(made_by="expertsim validate (reference)",
-                                                config={"split": split,
-                                                        "min_photon_sum": min_photon_sum},
-                                                inputs=[path], hash_inputs=False))
+        provenance = make_provenance(made_by="expertsim validate (reference)",
+                                     config={"split": split, "min_photon_sum": min_photon_sum},
+                                     inputs=[path], hash_inputs=False)
+        with EventFileWriter(output, info.detector, len(rows), provenance=provenance,
+                             with_pdg=info.has_pdg, image_dtype=info.image_dtype) as writer:
+            for start in range(0, len(rows), READ_BLOCK):
+                block = rows[start:start + READ_BLOCK]
+                writer.write(start, events.images(block), events.conditions(block),
+                             events.pdg(block))
     return Path(output)
 
 
 def validate(generated_paths: list[str | os.PathLike], reference_path: str | os.PathLike,
              output_dir: str | os.PathLike, *, thresholds: dict[str, float] | None = None,
              seed: int = 0, energy_bins: int = 8, plots: bool = True,
-             n_draws: int = N_DRAWS) -> dict[str, Any]:
-    """Compare generated files with the reference; write the report; return metrics.json."""
+             n_draws: int = N_DRAWS, progress: Callable[[int], None] | None = None
+             ) -> dict[str, Any]:
+    """Compare generated files with the reference; write the report; return metrics.json.
+    The files are read block by block (``progress(n_events)`` after each block); only
+    per-event features are held."""
     if not generated_paths:
         raise ConfigError("validate needs at least one generated file")
     reference_path, output_dir = Path(reference_path), Path(output_dir)
-    reference = _read(reference_path)
+    reference = _read(reference_path, progress)
     pairs = metrics.repeat_pairs(reference["condition_id"])
     matched = pairs if len(pairs[0]) >= metrics.MIN_TRUSTED_EVENTS else None
     scored = []
     for path in map(Path, generated_paths):
-        generated = _read_generated(path, reference, reference_path)
+        generated = _read_generated(path, reference, reference_path, progress)
         generated_rows, reference_rows = _model_pairs(generated, reference, matched, path)
         scored.append((path, _subset(generated, generated_rows),
                        _subset(reference, reference_rows)))
@@ -418,9 +438,10 @@ def _nan_to_none(value: Any) -> Any:
     return value
 
 
-def _read_generated(path: Path, reference: dict, reference_path: Path) -> dict:
+def _read_generated(path: Path, reference: dict, reference_path: Path,
+                    progress: Callable[[int], None] | None = None) -> dict:
     """A generated file's features, checked to be made on the reference's conditions."""
-    generated = _read(path)
+    generated = _read(path, progress)
     if "source_row" not in generated:
         raise DataSchemaError(f"{path}: no '/source_row': make it with expertsim sample "
                               f"--conditions {reference_path}")

@@ -24,6 +24,15 @@ def test_wasserstein_of_shifted_and_scaled_gaussians(rng):
         expected, abs=0.03)
 
 
+def test_equal_size_wasserstein_equals_the_general_one(rng):
+    from scipy.stats import wasserstein_distance
+
+    for n, m in ((1000, 1000), (1000, 777), (1, 1)):
+        u, v = rng.poisson(3.0, n).astype(float), rng.normal(2.0, 3.0, m)  # ties included
+        assert metrics.wasserstein_1d(u, v) == pytest.approx(wasserstein_distance(u, v),
+                                                             rel=1e-12)
+
+
 def test_ks_statistic_bounds(rng):
     a = rng.normal(size=1000)
     assert metrics.distribution_distances(a, a)["ks"] == 0.0

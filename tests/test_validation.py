@@ -209,3 +209,22 @@ def test_the_lookup_table_finds_the_nearest_training_event_of_the_same_species(r
     report = json.loads((tmp_path / "lookup" / "metrics.json").read_text())
     assert report["design"] == "matched" and len(report["generated"]) == 1
     assert report["headline"]["ratio"] > 0 and "MC floor" in result.output
+
+
+def test_features_are_computed_block_by_block_without_holding_the_images(reference,
+                                                                          monkeypatch):
+    from expertsim import metrics, plots, validation
+    from expertsim.eventfile import EventFile
+
+    monkeypatch.setattr(validation, "READ_BLOCK", 333)  # blocks that do not divide the file
+    features = validation._read(reference)
+    assert "images" not in features
+    with EventFile(reference) as events:
+        images = events.images()
+    whole = metrics.event_features(images)
+    for key in ("photon_sum", "channels", "fibres_hit", "centroid_x", "width_y"):
+        np.testing.assert_allclose(features[key], whole[key], rtol=1e-12)  # summation order
+    np.testing.assert_array_equal(features["row"], np.arange(len(images)))
+    rows = np.array([5, 5, 7, 1000, 5999])  # repeats count as often as they appear
+    np.testing.assert_allclose(plots.mean_image(features["path"], rows, block=64),
+                               images[rows].astype(float).mean(axis=0))

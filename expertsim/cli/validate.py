@@ -97,8 +97,10 @@ def validate(reference, generated, model_path, lookup_train, export_dir, against
         report = validate_lookup(lookup_train, reference, output, split=split,
                                  min_photon_sum=min_photon_sum, seed=seed, thresholds=limits)
     else:
-        report = run_validation(list(generated), reference, output, thresholds=limits,
-                                seed=seed)
+        total = sum(_n_particles(path, "all", None) for path in (reference, *generated))
+        with tqdm(total=total, unit="ev", desc="features") as bar:
+            report = run_validation(list(generated), reference, output, thresholds=limits,
+                                    seed=seed, progress=bar.update)
     for line in summary_lines(report):
         click.echo(line)
     click.echo(f"report: {output}/index.html")
