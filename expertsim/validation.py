@@ -19,7 +19,7 @@ balanced half-sampling of the particles (``expertsim.metrics.half_sample_standar
 ``uncertainty`` also holds two cross-checks of that error: disjoint quarters of the
 particles, and the spread over independent generations (the model's own noise alone).
 
-metrics.json (schema_version 3):
+metrics.json (schema_version 4):
     design: "matched" or "unmatched"; n_pairs: particles scored
     headline: convention, ws_channels (5, photons, mean over generations), ws_mean,
         ws_mean_std (over generations), ws_mean_ci95, floor_ws_mean, floor_ci95, ratio,
@@ -39,6 +39,11 @@ metrics.json (schema_version 3):
         all, by_energy (energy_edges_gev), by_species (PDG id): accuracy, false_empty,
         false_non_empty, generated/reference/floor empty fractions, n; max_bin_difference
         (and its floor) over energy bins of >= 500 particles; null when no event is empty
+    community: the calorimeter community's metrics, {model, floor} each: fpd and kpd
+        {value, error} on the high-level features of events with light, separation_power
+        per observable (counts on a log(1 + x) axis, 50 bins), classifier {auc, jsd,
+        n_test} (calibrated); for all, by_energy (bin index; energy_edges_gev) and
+        by_species (PDG id), slices of >= 500 events with light (added in schema_version 4)
     fibres_hit, brightest_row, brightest_col, centroid_x, centroid_y, width_x, width_y:
         wasserstein (fibres), ks - shape metrics over non-empty events
     classifier_auc: generated vs reference (0.5 = indistinguishable)
@@ -68,7 +73,7 @@ from expertsim.eventfile import EventFile, EventFileWriter
 from expertsim.fileio import write_text
 from expertsim.plots import validation_figures
 
-REPORT_SCHEMA_VERSION = 3
+REPORT_SCHEMA_VERSION = 4
 N_DRAWS = 200  # half-samples for the standard errors
 Z95 = 1.959964  # two-sided 95 % normal quantile
 MIN_UNITS_FOR_ERRORS = 16  # particles below which no standard error is estimated
@@ -335,6 +340,7 @@ def validate(generated_paths: list[str | os.PathLike], reference_path: str | os.
         "response_vs_energy": _response_vs_energy(first, paired, energy_bins),
         "headline_non_empty": _non_empty_headline(scored, floor_pair),
         "gate": _gate_section(scored, floor_pair, energy_bins),
+        "community": _community(first, paired, floor_pair, energy_bins, seed),
         "floor": floor,
         "thresholds": thresholds or {},
     }
@@ -425,6 +431,75 @@ def _gate_section(scored: list[tuple], floor_pair: tuple[dict, dict] | None,
     section["max_bin_difference_floor"] = None if floor_empty is None else max(
         (abs(b["floor_generated_empty_fraction"] - b["reference_empty_fraction"])
          for b in trusted), default=None)
+    return _nan_to_none(section)
+
+
+SHAPE_OBSERVABLES = ("photon_sum", "fibres_hit", "centroid_x", "centroid_y", "width_x",
+                     "width_y")
+MIN_SLICE_EVENTS = 500  # slices (energy bins, species) with fewer events with light: skipped
+
+
+def _high_level(features: dict) -> np.ndarray:
+    """The high-level features of FPD and KPD (N, 11): log(1 + channel sums), log(1 + photon
+    sum), fibres hit, centroid and width; NaN rows (empty events) are dropped by the metrics."""
+    columns = [np.log1p(features["channels"]), np.log1p(features["photon_sum"])[:, None]]
+    columns += [features[k][:, None] for k in SHAPE_OBSERVABLES[1:]]
+    return np.concatenate(columns, axis=1)
+
+
+def _community_pair(generated: dict, reference: dict, seed: int, quick: bool
+                    ) -> dict[str, Any]:
+    """FPD, KPD (events with light), separation power per observable and the calibrated
+    classifier (all events) of one pair of samples; ``quick``: fewer draws (slices)."""
+    x, y = _high_level(generated), _high_level(reference)
+    observables = {f"channel_{k + 1}": k for k in range(generated["channels"].shape[1])}
+    # counts (channel sums, photon sum, fibres hit) on a log(1 + x) axis: their heavy tails
+    # would put most events into the first of 50 linear bins
+    separation = {name: metrics.separation_power(np.log1p(generated["channels"][:, k]),
+                                                 np.log1p(reference["channels"][:, k]))
+                  for name, k in observables.items()}
+    separation.update({name: metrics.separation_power(
+        *(np.log1p(f[name]) if name in ("photon_sum", "fibres_hit") else f[name]
+          for f in (generated, reference)))
+        for name in SHAPE_OBSERVABLES})
+    return {
+        "n_generated": int(len(x)), "n_reference": int(len(y)),
+        "fpd": metrics.frechet_physics_distance(x, y, seed=seed, draws=4 if quick else 8),
+        "kpd": metrics.kernel_physics_distance(x, y, seed=seed, batches=5 if quick else 10,
+                                               batch=2000 if quick else 4000),
+        "separation_power": separation,
+        "classifier": metrics.classifier_test(_classifier_features(generated),
+                                              _classifier_features(reference), seed=seed,
+                                              epochs=100 if quick else 200)}
+
+
+def _community(first: dict, paired: dict, floor_pair: tuple[dict, dict] | None,
+               energy_bins: int, seed: int) -> dict[str, Any]:
+    """The calorimeter community's metrics (expertsim.metrics: FPD, KPD, separation power,
+    calibrated classifier AUC and JSD) for the model (each generation's particle against its
+    MC B response) and, when the reference repeats particles, the floor (MC A against MC B)
+    on the same particles; overall, per energy bin and per species (slices with at least
+    MIN_SLICE_EVENTS events with light in both samples)."""
+    def both(mask: np.ndarray | None, quick: bool) -> dict[str, Any]:
+        pick = (lambda f: f) if mask is None else (lambda f: _subset(f, mask))
+        out = {"model": _community_pair(pick(first), pick(paired), seed, quick)}
+        if floor_pair is not None:
+            out["floor"] = _community_pair(pick(floor_pair[0]), pick(floor_pair[1]), seed,
+                                           quick)
+        return out
+
+    energy = paired["energy"]
+    edges = np.geomspace(max(energy.min(), 1e-3), energy.max() * 1.0001, energy_bins + 1)
+    slices = {f"energy {k}": np.digitize(energy, edges) - 1 == k for k in range(energy_bins)}
+    if "pdg" in paired:
+        slices.update({f"species {int(s)}": paired["pdg"] == s for s in np.unique(paired["pdg"])})
+    light = (first["photon_sum"] > 0) & (paired["photon_sum"] > 0)
+    section = {"all": both(None, quick=False), "energy_edges_gev": edges.tolist(),
+               "by_energy": {}, "by_species": {}}
+    for name, mask in slices.items():
+        if (mask & light).sum() >= MIN_SLICE_EVENTS:
+            kind, label = name.split(" ")
+            section["by_energy" if kind == "energy" else "by_species"][label] = both(mask, True)
     return _nan_to_none(section)
 
 
@@ -684,6 +759,8 @@ def summary_lines(report: dict) -> list[str]:
             f"{_fmt(overall['false_non_empty'])}; largest energy-bin difference "
             f"{_fmt(gate['max_bin_difference'])} (MC repeats "
             f"{_fmt(gate['max_bin_difference_floor'])})")
+    for name, model, floor_value in _community_rows(report.get("community")):
+        lines.append(f"{name}: {model} (MC vs MC {floor_value})")
     lines.append(f"thresholds: {threshold_status(report)}")
     return lines
 
@@ -707,6 +784,36 @@ def _fmt(value: float | None, interval: list[float] | None = None, digits: int =
     return text
 
 
+def _community_numbers(part: dict | None) -> dict[str, str]:
+    """The community metrics of one sample pair as short strings (n/a when missing)."""
+    if not part:
+        return dict.fromkeys(("fpd", "kpd", "auc", "jsd", "separation"), "n/a")
+    separation = {k: v for k, v in part["separation_power"].items() if v is not None}
+    worst = max(separation, key=separation.get) if separation else None
+    return {"fpd": f"{_fmt(part['fpd']['value'], digits=4)} +- "
+                   f"{_fmt(part['fpd']['error'], digits=4)}",
+            "kpd": f"{_fmt(part['kpd']['value'], digits=5)} +- "
+                   f"{_fmt(part['kpd']['error'], digits=5)}",
+            "auc": _fmt(part["classifier"]["auc"]), "jsd": _fmt(part["classifier"]["jsd"]),
+            "separation": "n/a" if worst is None else f"{separation[worst]:.3f} ({worst})"}
+
+
+def _community_rows(community: dict | None) -> list[tuple[str, str, str]]:
+    if not community:
+        return []
+    model = _community_numbers(community["all"]["model"])
+    floor = _community_numbers(community["all"].get("floor"))
+    return [("FPD (events with light; Frechet physics distance, 0 = same)", model["fpd"],
+             floor["fpd"]),
+            ("KPD (events with light; kernel physics distance, 0 = same)", model["kpd"],
+             floor["kpd"]),
+            ("calibrated classifier AUC", model["auc"], floor["auc"]),
+            ("calibrated classifier JSD (bits; 0 = same, 1 = disjoint)", model["jsd"],
+             floor["jsd"]),
+            ("largest separation power (0 = same, 1 = disjoint)", model["separation"],
+             floor["separation"])]
+
+
 def render_html(report: dict, figures: list[str]) -> str:
     """A self-contained page showing the headline, the main metrics and the plots."""
     headline, floor, paired = report["headline"], report.get("floor"), report["paired"]
@@ -723,7 +830,8 @@ def render_html(report: dict, figures: list[str]) -> str:
             ("photon-sum KS", _fmt(report["photon_sum"]["ks"]),
              _fmt(floor["photon_sum"]["ks"]) if floor else "n/a"),
             ("classifier AUC (0.5 = indistinguishable)", _fmt(report["classifier_auc"]),
-             _fmt(floor["classifier_auc"]) if floor else "n/a")]
+             _fmt(floor["classifier_auc"]) if floor else "n/a"),
+            *_community_rows(report.get("community"))]
     table = "".join(f"<tr><td>{html.escape(a)}</td><td>{b}</td><td>{c}</td></tr>"
                     for a, b, c in rows)
     status = html.escape(threshold_status(report))
@@ -735,5 +843,28 @@ def render_html(report: dict, figures: list[str]) -> str:
             f"{report['design']} design, {report['n_pairs']} particles scored); "
             f"{len(report['generated'])} generation(s); thresholds: {status}</p>"
             f"<table border='1' cellpadding='4'><tr><th>metric</th><th>generated vs MC</th>"
-            f"<th>MC vs MC (floor)</th></tr>{table}</table>{images}"
+            f"<th>MC vs MC (floor)</th></tr>{table}</table>"
+            f"{_community_slices_html(report.get('community'))}{images}"
             f"<p>All numbers: <a href='metrics.json'>metrics.json</a></p></body></html>")
+
+
+def _community_slices_html(community: dict | None) -> str:
+    """The community metrics per energy bin and per species: model (floor) in each cell."""
+    if not community or not (community["by_energy"] or community["by_species"]):
+        return ""
+    edges = community["energy_edges_gev"]
+    labelled = [(f"{edges[int(k)]:.3g}-{edges[int(k) + 1]:.3g} GeV", entry)
+                for k, entry in community["by_energy"].items()]
+    labelled += [(f"PDG {code}", entry) for code, entry in community["by_species"].items()]
+    cells = []
+    for label, entry in labelled:
+        model = _community_numbers(entry["model"])
+        floor = _community_numbers(entry.get("floor"))
+        cells.append(f"<tr><td>{html.escape(label)}</td><td>{entry['model']['n_reference']}</td>"
+                     + "".join(f"<td>{model[key]} ({floor[key]})</td>"
+                               for key in ("fpd", "kpd", "auc", "jsd", "separation"))
+                     + "</tr>")
+    return ("<h3>Per energy bin and species: generated vs MC (MC vs MC)</h3>"
+            "<table border='1' cellpadding='4'><tr><th>slice</th><th>MC events</th>"
+            "<th>FPD</th><th>KPD</th><th>classifier AUC</th><th>JSD</th>"
+            "<th>largest separation power</th></tr>" + "".join(cells) + "</table>")

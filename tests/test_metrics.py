@@ -103,3 +103,64 @@ def test_repeat_pairs_and_paired_distances():
     other = {**shapes, "centroid_x": np.array([4.0, 1.0])}
     distances = metrics.paired_shape_distances(shapes, other)
     assert distances["centroid_distance"][0] == 3.0 and np.isnan(distances["centroid_distance"][1])
+
+
+# ---------------------------------------------------------------- the community's metrics
+
+
+def test_frechet_physics_distance_of_known_gaussians(rng):
+    x = rng.normal(0.0, 1.0, (40000, 3))
+    same = metrics.frechet_physics_distance(x, rng.normal(0.0, 1.0, (40000, 3)), seed=1)
+    assert abs(same["value"]) < 4 * same["error"] + 1e-3
+    # N(mu, I) against N(0, I): |mu|^2 = 0.25 (features are scaled by the reference's std, 1)
+    shifted = metrics.frechet_physics_distance(x + np.array([0.3, 0.4, 0.0]),
+                                               rng.normal(0.0, 1.0, (40000, 3)), seed=1)
+    assert shifted["value"] == pytest.approx(0.25, abs=max(4 * shifted["error"], 0.01))
+    # a wider Gaussian, same mean: trace term (sigma - 1)^2 per dimension
+    wide = metrics.frechet_physics_distance(2.0 * x, rng.normal(0.0, 1.0, (40000, 3)), seed=1)
+    assert wide["value"] == pytest.approx(3.0, rel=0.03)
+
+
+def test_kernel_physics_distance_is_unbiased_and_matches_its_definition(rng):
+    same = metrics.kernel_physics_distance(rng.normal(size=(20000, 3)),
+                                           rng.normal(size=(20000, 3)), batch=2000)
+    assert abs(same["value"]) < 4 * same["error"]
+    far = metrics.kernel_physics_distance(rng.normal(1.0, 1.0, (20000, 3)),
+                                          rng.normal(size=(20000, 3)), batch=2000)
+    assert far["value"] > 10 * far["error"] > 0
+    # the vectorised estimator against the definition, term by term, on a tiny sample
+    x, y = rng.normal(size=(6, 2)), rng.normal(size=(6, 2))
+    k = lambda a, b: (a @ b / 2 + 1) ** 4  # noqa: E731
+    n = len(x)
+    brute = (sum(k(x[i], x[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+             + sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+             - 2 * sum(k(x[i], y[j]) for i in range(n) for j in range(n)) / n ** 2)
+    assert metrics._mmd_polynomial_unbiased(x, y, 4) == pytest.approx(brute, rel=1e-12)
+
+
+def test_separation_power_of_identical_disjoint_and_half_overlapping_histograms(rng):
+    values = rng.normal(size=10000)
+    assert metrics.separation_power(values, values) == 0.0
+    assert metrics.separation_power(values, values + 100.0) == pytest.approx(1.0)
+    # uniform on [0, 2] against uniform on [1, 3]: half the mass is shared -> S = 1/2
+    a, b = np.linspace(0, 2, 100001)[:-1], np.linspace(1, 3, 100001)[:-1]
+    assert metrics.separation_power(a, b, bins=60) == pytest.approx(0.5, abs=0.01)
+
+
+def test_calibrated_classifier_jsd_of_known_gaussians(rng):
+    from scipy import integrate, stats
+
+    same = metrics.classifier_test(rng.normal(size=(20000, 2)), rng.normal(size=(20000, 2)))
+    assert same["auc"] == pytest.approx(0.5, abs=0.03) and same["jsd"] < 0.01
+    shift = 1.5
+    generated = rng.normal(size=(40000, 1)) + shift
+    reference = rng.normal(size=(40000, 1))
+    p, q = stats.norm(shift).pdf, stats.norm(0).pdf
+    m = lambda t: 0.5 * (p(t) + q(t))  # noqa: E731
+    jsd = 0.5 * integrate.quad(lambda t: p(t) * np.log2(p(t) / m(t)), -12, 14)[0] \
+        + 0.5 * integrate.quad(lambda t: q(t) * np.log2(q(t) / m(t)), -12, 14)[0]
+    result = metrics.classifier_test(generated, reference)
+    assert result["jsd"] == pytest.approx(jsd, abs=0.03)  # analytic: 0.37
+    assert result["auc"] == pytest.approx(stats.norm.cdf(shift / np.sqrt(2)), abs=0.02)
+    disjoint = metrics.classifier_test(rng.normal(size=(5000, 1)) + 40, rng.normal(size=(5000, 1)))
+    assert disjoint["auc"] > 0.999 and disjoint["jsd"] > 0.95

@@ -43,7 +43,7 @@ def run_validate(*args):
 
 def assert_complete(report):
     """Every number metrics.json documents is present and finite."""
-    assert report["schema_version"] == 3 and report["design"] == "matched"
+    assert report["schema_version"] == 4 and report["design"] == "matched"
     headline = report["headline"]
     numbers = [headline["ws_mean"], headline["ws_mean_std"], headline["floor_ws_mean"],
                headline["ratio"], *headline["ws_mean_ci95"], *headline["floor_ci95"],
@@ -64,6 +64,13 @@ def assert_complete(report):
                 for kind in ("wasserstein", "ks")]
     numbers += [entry["ws_mean"] for entry in report["per_expert"].values()]
     numbers += [entry["ws_mean"] for entry in report["per_group"].values()]
+    community = report["community"]
+    for who in ("model", "floor"):
+        part = community["all"][who]
+        numbers += [part["fpd"]["value"], part["fpd"]["error"], part["kpd"]["value"],
+                    part["kpd"]["error"], part["classifier"]["auc"], part["classifier"]["jsd"],
+                    *part["separation_power"].values()]
+    assert all("floor" in entry for entry in community["by_energy"].values())
     assert len(report["headline"]["ws_channels"]) == 5
     assert set(report["headline_by_convention"]) == {"o2-debug", "expertsim-paper", "o2-hits"}
     assert report["headline_by_convention"]["o2-debug"]["ws_mean"] == pytest.approx(
@@ -76,7 +83,10 @@ def assert_complete(report):
     assert isinstance(report["passed"], bool)
 
 
-def test_report_has_every_documented_number(reference, tmp_path):
+def test_report_has_every_documented_number(reference, tmp_path, monkeypatch):
+    from expertsim import validation
+
+    monkeypatch.setattr(validation, "MIN_SLICE_EVENTS", 100)  # slices of this small file
     gens = [generated_from_simulation(reference, tmp_path / f"g{k}.h5", seed=10 + k)
             for k in range(2)]
     result = run_validate("--reference", reference, "--generated", gens[0], "--generated",
@@ -92,6 +102,11 @@ def test_report_has_every_documented_number(reference, tmp_path):
         assert (tmp_path / "report" / name).stat().st_size > 5000
     page = (tmp_path / "report" / "index.html").read_text()
     assert "channels.png" in page and "MC vs MC (floor)" in page
+    slices = report["community"]["by_energy"]
+    assert len(slices) >= 3 and set(report["community"]["by_species"]) >= {"2112"}
+    assert all(np.isfinite(entry[who]["fpd"]["value"]) for entry in slices.values()
+               for who in ("model", "floor"))
+    assert "Per energy bin and species" in page and "PDG 2112" in page
 
 
 @pytest.mark.slow
@@ -117,6 +132,18 @@ def test_a_faithful_generator_sits_at_the_floor_and_a_wrong_one_fails(reference,
     assert bad_report["headline"]["ratio"] > 3
     assert bad_report["headline"]["ws_mean"] > 5 * good_report["headline"]["ws_mean"]
     assert bad_report["classifier_auc"] > 0.75 > good_report["classifier_auc"]
+    # the community's metrics agree: the faithful generator within errors of its floor, the
+    # wrong one far off
+    faithful, wrong_one = good_report["community"]["all"], bad_report["community"]["all"]
+    for name in ("fpd", "kpd"):
+        ours, floor_value = faithful["model"][name], faithful["floor"][name]
+        assert abs(ours["value"] - floor_value["value"]) < 5 * (ours["error"]
+                                                                + floor_value["error"]) + 1e-3
+        assert wrong_one["model"][name]["value"] > 5 * wrong_one["model"][name]["error"] > 0
+    assert faithful["model"]["classifier"]["jsd"] < 0.05 < wrong_one["model"]["classifier"]["jsd"]
+    worst_bad = max(wrong_one["model"]["separation_power"].values())
+    worst_good = max(faithful["model"]["separation_power"].values())
+    assert worst_bad > 3 * worst_good, (worst_bad, worst_good)
     assert ok.exit_code == 0, ok.output
     assert bad.exit_code == 3 and "headline.ws_mean" in bad.output
 

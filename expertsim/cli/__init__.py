@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import warnings
 
@@ -21,6 +22,17 @@ class Terminated(BaseException):
 
 def _terminate(signum, _frame):
     raise Terminated(signum)
+
+
+def _unraisable(info) -> None:
+    """A Terminated raised where Python cannot propagate it (a weakref callback, a __del__)
+    would be printed and dropped (seen: sampling went on after SIGTERM): raise it again 50 ms
+    later from an alarm, which lands at an ordinary line (re-armed if dropped again)."""
+    if isinstance(info.exc_value, Terminated):
+        signal.signal(signal.SIGALRM, _terminate)
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        return
+    sys.__unraisablehook__(info)
 
 
 _SHOWN: set[str] = set()
@@ -42,8 +54,8 @@ class _Group(click.Group):
     with its own while it runs (checkpoint, then exit 75)."""
 
     def invoke(self, ctx: click.Context):
-        previous, shown = None, warnings.showwarning
-        warnings.showwarning = _show_warning
+        previous, shown, unraisable = None, warnings.showwarning, sys.unraisablehook
+        warnings.showwarning, sys.unraisablehook = _show_warning, _unraisable
         _SHOWN.clear()
         unprotect_all()
         if threading.current_thread() is threading.main_thread():
@@ -61,7 +73,7 @@ class _Group(click.Group):
             click.echo("Error: terminated (SIGTERM); nothing was left half-written", err=True)
             ctx.exit(EXIT_TERMINATED)
         finally:
-            warnings.showwarning = shown
+            warnings.showwarning, sys.unraisablehook = shown, unraisable
             unprotect_all()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
