@@ -158,16 +158,9 @@ def _stream_rows(seed: int, first: int, stop: int, width: int, draw, stream: int
 
 
 def sample_to_file(
-    model_path: str | os.PathLike,
-    conditions_path: str | os.PathLike,
-    output: str | os.PathLike,
-    *,
-    seed: int = 0,
-    repeat: int = 1,
-    shard: Shard = Shard(),
-    batch_size: int = 4096,
-    device: str = "cpu",
-    gate: bool | None = None,
+    model_path: str | os.PathLike, conditions_path: str | os.PathLike,
+    output: str | os.PathLike, *, seed: int = 0, repeat: int = 1, shard: Shard = Shard(),
+    batch_size: int = 4096, device: str = "cpu", gate: bool | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Path:
     """Generate ``repeat`` responses per condition of the shard and write an event file.
@@ -177,9 +170,9 @@ def sample_to_file(
     particle gets a response with light (the generators model those; validate them against
     Monte Carlo events with photon sum >= 1).
 
-    The file carries ``/expert`` (the expert each event was routed to, -1 for a particle the
-    gate stopped), ``/source_row`` (the condition's row in the conditions file) and provenance
-    (model SHA-256, seed, shard, gate).
+    The file carries ``/expert`` (routed expert; -1: stopped by the gate), ``/source_row``
+    (the condition's row in the conditions file) and provenance (model SHA-256, seed, shard,
+    gate, particles outside the training range).
     """
     if repeat < 1 or batch_size < 1:
         raise ConfigError("repeat and batch_size must be >= 1")

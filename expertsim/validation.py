@@ -302,12 +302,7 @@ def validate(generated_paths: list[str | os.PathLike], reference_path: str | os.
     reference = _read(reference_path, progress)
     pairs = metrics.repeat_pairs(reference["condition_id"])
     matched = pairs if len(pairs[0]) >= metrics.MIN_TRUSTED_EVENTS else None
-    scored = []
-    for path in map(Path, generated_paths):
-        generated = _read_generated(path, reference, reference_path, progress)
-        generated_rows, reference_rows = _model_pairs(generated, reference, matched, path)
-        scored.append((path, _subset(generated, generated_rows),
-                       _subset(reference, reference_rows)))
+    scored = _scored(generated_paths, reference, reference_path, matched, progress)
     comparisons = [compare(generated, paired) for _, generated, paired in scored]
     _, first, paired = scored[0]
     floor_pair = None if matched is None else (_subset(reference, matched[0]),
@@ -352,6 +347,18 @@ def validate(generated_paths: list[str | os.PathLike], reference_path: str | os.
     write_text(output_dir / "metrics.json", json.dumps(report, indent=2, allow_nan=True))
     write_text(output_dir / "index.html", render_html(report, figures))
     return report
+
+
+def _scored(generated_paths: list, reference: dict, reference_path: Path,
+            matched: tuple | None, progress) -> list[tuple[Path, dict, dict]]:
+    """(path, generated events, the reference events they are scored against) per file."""
+    scored = []
+    for path in map(Path, generated_paths):
+        generated = _read_generated(path, reference, reference_path, progress)
+        generated_rows, reference_rows = _model_pairs(generated, reference, matched, path)
+        scored.append((path, _subset(generated, generated_rows),
+                       _subset(reference, reference_rows)))
+    return scored
 
 
 def _non_empty(features: dict) -> dict:

@@ -66,8 +66,7 @@ def validate(reference, generated, model_path, lookup_train, export_dir, against
     """
     from expertsim.errors import ConfigError
     from expertsim.fileio import check_output_folder
-    from expertsim.validation import (compare_with_package, summary_lines,
-                                      validate as run_validation, validate_export,
+    from expertsim.validation import (compare_with_package, summary_lines, validate_export,
                                       validate_lookup, validate_model)
 
     if sum(map(bool, (generated, model_path, lookup_train, export_dir))) != 1:
@@ -97,10 +96,7 @@ def validate(reference, generated, model_path, lookup_train, export_dir, against
         report = validate_lookup(lookup_train, reference, output, split=split,
                                  min_photon_sum=min_photon_sum, seed=seed, thresholds=limits)
     else:
-        total = sum(_n_particles(path, "all", None) for path in (reference, *generated))
-        with tqdm(total=total, unit="ev", desc="features") as bar:
-            report = run_validation(list(generated), reference, output, thresholds=limits,
-                                    seed=seed, progress=bar.update)
+        report = _validate_generated(list(generated), reference, output, limits, seed)
     for line in summary_lines(report):
         click.echo(line)
     click.echo(f"report: {output}/index.html")
@@ -111,10 +107,26 @@ def validate(reference, generated, model_path, lookup_train, export_dir, against
         agrees = agreement["passed"]
     if mlflow_run:
         _log_to_mlflow(mlflow_run, report, output)
+    _exit_on_failure(report, agrees)
+
+
+def _exit_on_failure(report: dict, agrees: bool) -> None:
+    """Exit 3 when a threshold failed or the export disagrees with the package."""
     if not report["passed"]:
         click.echo("thresholds failed: " + "; ".join(report["failed_thresholds"]), err=True)
     if not (report["passed"] and agrees):
         raise SystemExit(EXIT_THRESHOLDS_FAILED)
+
+
+def _validate_generated(generated: list[str], reference: str, output: str,
+                        limits: dict | None, seed: int) -> dict:
+    """The --generated branch, with a progress bar over the events read."""
+    from expertsim.validation import validate
+
+    total = sum(_n_particles(path, "all", None) for path in (reference, *generated))
+    with tqdm(total=total, unit="ev", desc="features") as bar:
+        return validate(generated, reference, output, thresholds=limits, seed=seed,
+                        progress=bar.update)
 
 
 def _folder_inputs(export_dir: str | None, against: str | None) -> list[Path]:
