@@ -24,10 +24,12 @@ $(VENV)/.installed: pyproject.toml
 # gate), simulate an independent held-out Monte Carlo sample (every particle twice, for the
 # matched noise floor), generate on its conditions and validate the generators on the events
 # with light, score the nearest-neighbour lookup table of the training events the same way (the
-# baseline to beat), validate the whole system (gate first) on all events, export the model for
-# ALICE O2 (generator and classifier ONNX, checked in ONNX Runtime), and score the export run the
-# way O2 runs it (the replica: batch 1, one thread, truncation, O2's pixel order) against the
-# package's all-events report. Ends with where the reports, the export and the runs are.
+# baseline to beat), validate the whole system (gate first) on all events and on 300 Pb-Pb
+# collisions (spectator neutrons summed per collision side, against the built-in MC), export
+# the model for ALICE O2 (generator and classifier ONNX, checked in ONNX Runtime), and score
+# the export run the way O2 runs it (the replica: batch 1, one thread, truncation, O2's pixel
+# order) against the package's all-events report. Ends with where the reports, the export and
+# the runs are.
 # Its reports and export are written with --overwrite, so that it can be run again.
 run: setup
 	$(BIN)/expertsim train --config training/smoke.yaml
@@ -38,7 +40,7 @@ run: setup
 	$(BIN)/expertsim validate --lookup data/smoke_zn.h5 --reference data/smoke_zn_mc.h5 \
 		--min-photon-sum 1 -o runs/smoke/lookup_report --overwrite
 	$(BIN)/expertsim validate --model runs/smoke/model.pt --reference data/smoke_zn_mc.h5 \
-		-o runs/smoke/report_all --overwrite
+		-o runs/smoke/report_all --pbpb 300 --overwrite
 	$(BIN)/expertsim export --model runs/smoke/model.pt --format onnx -o runs/smoke/onnx \
 		--overwrite
 	$(BIN)/expertsim validate --export runs/smoke/onnx --reference data/smoke_zn_mc.h5 \

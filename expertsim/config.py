@@ -76,16 +76,21 @@ class ModelConfig:
     aux_channels: int = 8
     dispatch: str = "gather"  # how experts run: gather | dense | loop (expertsim.models.layers)
     # plain: the nine scaled conditions enter the dense layer only (published); positional:
-    # derived impact features and centred coordinate channels (expertsim.models.conditioning)
+    # derived impact features and centred coordinate channels (expertsim.models.conditioning);
+    # radial: positional + radial channels around the predicted centre, one per width below
     conditioning: str = "plain"
+    radial_fibres: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)  # widths [fibres], radial only
 
     def __post_init__(self) -> None:
         if self.dispatch not in ("gather", "dense", "loop"):
             raise ConfigError(f"model.dispatch must be gather, dense or loop, got "
                               f"{self.dispatch!r}")
-        if self.conditioning not in ("plain", "positional"):
-            raise ConfigError(f"model.conditioning must be plain or positional, got "
+        if self.conditioning not in ("plain", "positional", "radial"):
+            raise ConfigError(f"model.conditioning must be plain, positional or radial, got "
                               f"{self.conditioning!r}")
+        if not self.radial_fibres or not all(0 < w < math.inf for w in self.radial_fibres):
+            raise ConfigError(f"model.radial_fibres must be a list of positive widths, got "
+                              f"{list(self.radial_fibres)}")
         _positive("model", n_experts=self.n_experts, noise_dim=self.noise_dim,
                   router_hidden=self.router_hidden, aux_channels=self.aux_channels,
                   discriminator_features=self.discriminator_features)
@@ -109,6 +114,10 @@ class LossConfig:
     # not published: squared distance between generated and real shower centroids (and the
     # predicted shower centre), paired per particle (expertsim.models.losses.centroid); 0 = off
     centroid: float = 0.0
+    # not published: energy score (a proper scoring rule) of two counted generations of each
+    # particle at its real response, at three scales (expertsim.models.losses.energy_score);
+    # teaches the shower-to-shower fluctuations, which the pixel term averages away; 0 = off
+    energy_score: float = 0.0
     router_gan: float = 0.1  # published
     differentiation: float = 0.1  # published
     utilisation_entropy: float = 0.1  # not published: our choice (0.01 let an expert die in
@@ -290,6 +299,11 @@ def _coerce(hint: Any, value: Any, where: str, source: str) -> Any:
         if not math.isfinite(value):
             raise ConfigError(f"{source}: '{where}' must be a finite number, got {value!r}")
         return float(value)
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: '{where}' must be a list, got {value!r}")
+        return tuple(_coerce(args[0], item, f"{where}[{k}]", source)
+                     for k, item in enumerate(value))
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{source}: '{where}' must be a string, got {value!r}")

@@ -11,13 +11,51 @@ from expertsim.eventfile import EventFile
 from expertsim.fileio import atomic_path
 
 
+# mplhep's ALICE style (ticks inside on all four sides, minor ticks, frameless legends, axis
+# labels at the axis ends) with font sizes for figures of several panels (the style's own are
+# for one plot on a page)
+PANEL_STYLE = {"font.size": 11, "axes.labelsize": 12, "axes.labelpad": 4, "xtick.labelsize": 10,
+               "ytick.labelsize": 10, "legend.fontsize": 10, "xtick.major.size": 6,
+               "ytick.major.size": 6, "xtick.minor.size": 3, "ytick.minor.size": 3,
+               "lines.markersize": 4, "axes.titlesize": 11}
+
+
 def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import mplhep
 
+    plt.style.use({**mplhep.style.ALICE, **PANEL_STYLE,
+                   "font.sans-serif": ["TeX Gyre Heros", "DejaVu Sans"]})
     return plt
+
+
+def _hep_histograms(top, bottom, reference_N: np.ndarray, generated_N: np.ndarray,
+                    bins: np.ndarray, labels: tuple[str, str] = ("Monte Carlo", "generated")
+                    ) -> None:
+    """The HEP comparison: the Monte Carlo as points with Poisson errors, the generated
+    histogram (scaled to the MC's number of events) as a line, and below them the ratio
+    generated / MC with the errors of both."""
+    import mplhep
+
+    ref_counts, _ = np.histogram(reference_N, bins)
+    gen_counts, _ = np.histogram(generated_N, bins)
+    scale = len(reference_N) / max(len(generated_N), 1)
+    mplhep.histplot(ref_counts, bins, yerr=np.sqrt(ref_counts), histtype="errorbar",
+                    color="black", label=labels[0], ax=top)
+    mplhep.histplot(gen_counts * scale, bins, histtype="step", color="C3", label=labels[1],
+                    ax=top)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = gen_counts * scale / ref_counts
+        error = ratio * np.sqrt(1 / gen_counts + 1 / ref_counts)
+    shown = np.isfinite(ratio) & (ref_counts > 0)
+    centres = 0.5 * (bins[1:] + bins[:-1])
+    bottom.errorbar(centres[shown], ratio[shown], yerr=error[shown], fmt="o", color="C3",
+                    markersize=3)
+    bottom.axhline(1.0, color="grey", lw=0.8)
+    bottom.set_ylim(0, 2)
 
 
 def save_figure(figure, path: str | os.PathLike, dpi: int = 90) -> Path:
@@ -101,24 +139,19 @@ def validation_figures(generated: dict, reference: dict, paired: dict, report: d
 def _channel_ratio_figure(generated: dict, reference: dict, ws_channels: list[float]):
     plt = _pyplot()
     figure, axes = plt.subplots(2, 5, figsize=(20, 6), sharex="col",
-                                gridspec_kw={"height_ratios": [3, 1]})
+                                gridspec_kw={"height_ratios": [3, 1], "hspace": 0.05})
     for k in range(5):
         values = np.concatenate([generated["channels"][:, k], reference["channels"][:, k]])
         bins = np.linspace(0, np.quantile(values, 0.995) + 1, 40)
-        ref_counts, _ = np.histogram(reference["channels"][:, k], bins)
-        gen_counts, _ = np.histogram(generated["channels"][:, k], bins)
-        gen_counts = gen_counts * len(reference["channels"]) / len(generated["channels"])
-        axes[0, k].stairs(ref_counts, bins, label="Monte Carlo")
-        axes[0, k].stairs(gen_counts, bins, label="generated")
+        _hep_histograms(axes[0, k], axes[1, k], reference["channels"][:, k],
+                        generated["channels"][:, k], bins)
         axes[0, k].set_yscale("log")
         axes[0, k].set_title(f"channel {k + 1}: WS {ws_channels[k]:.2f}")
-        with np.errstate(divide="ignore", invalid="ignore"):
-            axes[1, k].stairs(gen_counts / ref_counts, bins)
-        axes[1, k].axhline(1.0, color="grey", lw=0.8)
-        axes[1, k].set_ylim(0, 2)
         axes[1, k].set_xlabel("photons")
+    axes[0, 0].set_ylabel("events")
     axes[0, 0].legend()
-    axes[1, 0].set_ylabel("generated / MC")
+    axes[1, 0].set_ylabel("gen. / MC")
+    figure.subplots_adjust(left=0.05, right=0.99, top=0.93, bottom=0.12, wspace=0.25)
     return figure
 
 
@@ -148,6 +181,7 @@ def _examples_figure(generated: dict, paired: dict):
                                          fontsize=9)
             axes[line, column].set_xticks([]), axes[line, column].set_yticks([])
     figure.suptitle("same conditions, Monte Carlo (top) and generated (bottom); log(1 + photons)")
+    figure.subplots_adjust(top=0.86, hspace=0.3)
     return figure
 
 
@@ -169,8 +203,8 @@ def _response_figure(response: dict):
     figure, axes = _pyplot().subplots(1, 2, figsize=(11, 4))
     edges = np.array(response["edges_gev"])
     centres = np.sqrt(edges[1:] * edges[:-1])
-    for label in ("reference", "generated"):
-        values = response[label]
+    for key, label in (("reference", "Monte Carlo"), ("generated", "generated")):
+        values = response[key]
         axes[0].plot(centres, np.array(values["mean"], float), "o-", label=label)
         axes[1].plot(centres, np.array(values["resolution"], float), "o-", label=label)
     for axis, name in zip(axes, ("mean photon sum", "resolution (std / mean)")):
@@ -251,4 +285,91 @@ def expert_figure(result: dict):
     figure.suptitle(f"{result['name']} (seed {result['seed']}): what each expert receives, "
                     "test split")
     figure.tight_layout()
+    return figure
+
+
+def collision_figures(section: dict, arrays: dict[str, np.ndarray], output_dir: Path
+                      ) -> list[str]:
+    """The Pb-Pb figures (expertsim.collisions): pbpb_linearity.png (summed photon sum and
+    resolution against the free-nucleon number, generated / MC ratio panels) and
+    pbpb_centrality.png (summed photon-sum histograms per centrality class, with the
+    free-nucleon numbers); returns the file names."""
+    figures = {"pbpb_linearity.png": _linearity_figure(section),
+               "pbpb_centrality.png": _centrality_figure(section, arrays)}
+    for name, figure in figures.items():
+        save_figure(figure, output_dir / name, dpi=80)
+    return list(figures)
+
+
+def _linearity_figure(section: dict):
+    plt = _pyplot()
+    linearity, nucleon = section["linearity"], section["nucleon"]
+    edges = np.array(linearity["nucleon_edges"], float)
+    centres = 0.5 * (edges[1:] + edges[:-1]) - 0.5
+    figure, axes = plt.subplots(2, 2, figsize=(12, 7), sharex=True,
+                                gridspec_kw={"height_ratios": [3, 1]})
+    # as in the histograms: Monte Carlo black, generated red; the MC repeat (the floor) grey
+    styles = {"mc": ("Monte Carlo", "o-", "black"), "mc_repeat": ("MC repeat", ".:", "0.55"),
+              "generated": ("generated", "s-", "C3")}
+    for column, key in enumerate(("mean", "resolution")):
+        reference = np.array(linearity["mc"][key], float)
+        for name, (label, marker, colour) in styles.items():
+            values = np.array(linearity[name][key], float)
+            axes[0, column].plot(centres, values, marker, color=colour, label=label)
+            if name != "mc":
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    axes[1, column].plot(centres, values / reference, marker, color=colour)
+        axes[1, column].axhline(1.0, color="grey", lw=0.8)
+        axes[1, column].set_ylim(0.5, 1.5)
+        axes[1, column].set_xlabel(f"free spectator {nucleon}s per collision side")
+        axes[1, column].set_ylabel("/ MC")
+    slope = {k: linearity[k]["photons_per_nucleon"] for k in ("mc", "generated")}
+    axes[0, 0].set_ylabel("mean summed photon sum")
+    axes[0, 0].set_title(f"{section['detector']}: photons per {nucleon} MC {slope['mc']:.1f}, "
+                         f"generated {slope['generated']:.1f}")
+    axes[0, 1].set_ylabel("resolution (rms / mean)")
+    axes[0, 0].legend()
+    figure.tight_layout()
+    return figure
+
+
+def _centrality_figure(section: dict, arrays: dict[str, np.ndarray]):
+    """Summed photon-sum histograms per centrality class (generated / MC ratio panels), and
+    the free-nucleon number per side against centrality."""
+    plt = _pyplot()
+    rows = section["by_centrality"]
+    columns = -(-(len(rows) + 1) // 2)
+    # two groups of (histogram, ratio) rows with a spacer row between them for the titles
+    figure, axes = plt.subplots(5, columns, figsize=(3.8 * columns, 9.5), squeeze=False,
+                                gridspec_kw={"height_ratios": [3, 1, 0.9, 3, 1], "hspace": 0.1})
+    for axis in axes[2]:
+        axis.set_visible(False)
+    tops = [axes[0, c] for c in range(columns)] + [axes[3, c] for c in range(columns)]
+    bottoms = [axes[1, c] for c in range(columns)] + [axes[4, c] for c in range(columns)]
+    centrality, nucleon = arrays["centrality"], section["nucleon"]
+    for top, bottom, row in zip(tops, bottoms, rows):
+        low, high = row["centrality"]
+        chosen = (centrality >= low) & (centrality < high)
+        sums = {k: arrays[k][chosen].sum(axis=1) for k in ("mc", "generated")}
+        limit = max(float(np.quantile(np.concatenate(list(sums.values())), 0.995)), 1.0)
+        _hep_histograms(top, bottom, sums["mc"], sums["generated"],
+                        np.linspace(0, limit * 1.05, 21))
+        top.set_title(f"{low}-{high} %: {row['nucleons'][0]:.1f} free {nucleon}s")
+        top.set_xticklabels([])
+        bottom.set_xlabel("summed photons")
+    tops[0].legend()
+    tops[0].set_ylabel("collision sides")
+    bottoms[0].set_ylabel("gen. / MC")
+    last = tops[len(rows)]
+    last.errorbar([0.5 * sum(row["centrality"]) for row in rows],
+                  [row["nucleons"][0] for row in rows],
+                  yerr=[row["nucleons"][1] for row in rows], fmt="o", color="black")
+    last.set_xlabel("centrality [%]")
+    last.set_title(f"free {nucleon}s per side (mean, rms)")
+    bottoms[len(rows)].set_visible(False)
+    for top, bottom in zip(tops[len(rows) + 1:], bottoms[len(rows) + 1:]):
+        top.set_visible(False), bottom.set_visible(False)
+    figure.suptitle(f"{section['detector']}: Pb-Pb collisions, summed over the free spectator "
+                    f"{nucleon}s of each side ({section['n_collisions']} collisions)")
+    figure.subplots_adjust(left=0.05, right=0.99, top=0.91, bottom=0.07, wspace=0.3)
     return figure

@@ -204,7 +204,7 @@ def sample_to_file(
         for start in range(0, n_rows, batch_size):
             stop = min(start + batch_size, n_rows)
             raw_B9 = conditions[source_row[start:stop]]
-            counts, experts[start:stop] = _sample_batch(model, raw_B9, seed,
+            counts, experts[start:stop] = sample_rows(model, raw_B9, seed,
                                                         first_row + start, gate)
             writer.write(start, counts, raw_B9,
                          None if pdg is None else pdg[source_row[start:stop]])
@@ -227,7 +227,7 @@ def _check_conditions(model: TrainedModel, conditions: np.ndarray,
     return outside
 
 
-def _sample_batch(model: TrainedModel, raw_B9: np.ndarray, seed: int, first_row: int,
+def sample_rows(model: TrainedModel, raw_B9: np.ndarray, seed: int, first_row: int,
                   gate: bool) -> tuple[np.ndarray, np.ndarray]:
     """Counts (B, H, W) and experts (B,) of output rows [first_row, first_row + B): the gate's
     decisions, then the generators on the rows it passes (their own noise rows and Poisson

@@ -133,8 +133,11 @@ def run_study(data: str | os.PathLike, configs: list[str | os.PathLike], output_
     for index, run in enumerate(runs, 1):
         result_path = run.directory / RESULT_FILE
         if result_path.exists():
+            result = json.loads(result_path.read_text())
+            _check_reusable(result, _run_config(run, data, overrides or [], tracking_uri),
+                            result_path)
             log(f"[{index}/{len(runs)}] {run.name} seed {run.seed}: done before, reused")
-            results.append(json.loads(result_path.read_text()))
+            results.append(result)
             continue
         log(f"[{index}/{len(runs)}] {run.name} seed {run.seed}: training")
         started = time.perf_counter()
@@ -185,21 +188,50 @@ def _lookup(data: Path, output_dir: Path, results: list[dict], log) -> list[dict
                  "per_expert")}}]
 
 
+def _run_config(run: StudyRun, data: Path, overrides: list[str], tracking_uri: str):
+    """The config a study run trains with: its file, the study's overrides, then the study's
+    data, seed, folder and tracking."""
+    from expertsim.config import load_config
+
+    config = load_config(run.config_path, [
+        *overrides, f"data.path={data}", "data.simulate=null", f"train.seed={run.seed}",
+        f"train.output_dir={run.directory}"])
+    return dataclasses.replace(config, tracking=dataclasses.replace(
+        config.tracking, uri=tracking_uri, experiment="expertsim-study",
+        run_name=f"{run.name}-seed{run.seed}"))
+
+
+# settings that do not change what a run computes, or name where it was kept
+REUSE_IGNORED = ("tracking.", "train.output_dir", "train.log_every", "train.threads",
+                 "train.device")
+
+
+def _check_reusable(result: dict[str, Any], config, result_path: Path) -> None:
+    """Refuse to reuse a finished run whose settings differ from the current ones (an edited
+    config, other --set values): its numbers would be put in the table under the new ones."""
+    from expertsim.config import config_from_dict
+
+    saved = config_from_dict(result["config"], str(result_path)).flat()
+    current = config.flat()
+    changed = sorted(key for key in set(saved) | set(current)
+                     if not key.startswith(REUSE_IGNORED) and saved.get(key) != current.get(key))
+    if changed:
+        listed = "; ".join(f"{key}: {saved.get(key)!r} then, {current.get(key)!r} now"
+                           for key in changed[:6])
+        raise ConfigError(f"{result_path}: this finished run was made with other settings "
+                          f"({listed}{'; ...' if len(changed) > 6 else ''}); write the study "
+                          f"to a new folder, or delete {result_path.parent} to train it again")
+
+
 def _train_and_validate(run: StudyRun, data: Path, output_dir: Path, overrides: list[str],
                         generations: int, tracking_uri: str, progress_factory,
                         stop_signals: tuple[int, ...]) -> dict[str, Any]:
-    from expertsim.config import load_config
     from expertsim.runner import train_run
     from expertsim.tracking import log_to_run
     from expertsim.trained_model import TrainedModel
     from expertsim.validation import validate_model
 
-    config = load_config(run.config_path, [
-        *overrides, f"data.path={data}", "data.simulate=null", f"train.seed={run.seed}",
-        f"train.output_dir={run.directory}"])
-    config = dataclasses.replace(config, tracking=dataclasses.replace(
-        config.tracking, uri=tracking_uri, experiment="expertsim-study",
-        run_name=f"{run.name}-seed{run.seed}"))
+    config = _run_config(run, data, overrides, tracking_uri)
     if run.directory.exists() and not (run.directory / "checkpoint_last.pt").exists():
         # a run killed before its first checkpoint: start clean (plan() made sure that the
         # folder lies inside the study folder)

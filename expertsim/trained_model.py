@@ -40,7 +40,8 @@ def build_mixture(model: ModelConfig, image_shape: tuple[int, int],
     brings its own)."""
     router = Router(model.n_experts, model.router_hidden)
     generator = ExpertGenerator(model.n_experts, tuple(image_shape), model.noise_dim,
-                                model.generator_channels, model.dispatch, model.conditioning)
+                                model.generator_channels, model.dispatch, model.conditioning,
+                                model.radial_fibres)
     if generator.features is not None and scaler is not None:
         generator.features.set_scaler(scaler.mean, scaler.scale)
     return MixtureOfExperts(router, generator)

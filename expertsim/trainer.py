@@ -72,7 +72,9 @@ class Routing:
     expert_B: torch.Tensor  # int64
     count_E: torch.Tensor  # events per expert over all ranks
     scale_E: torch.Tensor  # per-expert learning-rate scale
-    uniform_BHW: torch.Tensor | None  # uniforms of the counting step (train.counting_step)
+    uniform_BHW: torch.Tensor | None  # uniforms of the counting step (train.counting_step
+    # or loss.energy_score)
+    uniform2_BHW: torch.Tensor | None  # uniforms counting G(z2, c) (loss.energy_score)
 
 
 @dataclass
@@ -91,6 +93,7 @@ class GeneratorStep:
     auxiliary: torch.Tensor
     pixel_likelihood: torch.Tensor
     centroid: torch.Tensor
+    energy_score: torch.Tensor
     adversarial_B: torch.Tensor  # adversarial loss per event, routed expert (detached)
     features_BF: torch.Tensor  # discriminator features of G(z1, c) (detached)
 
@@ -120,6 +123,7 @@ class StepResult:
                "g_auxiliary": self.generator.auxiliary,
                "g_pixel_likelihood": self.generator.pixel_likelihood,
                "g_centroid": self.generator.centroid,
+               "g_energy_score": self.generator.energy_score,
                "router_loss": self.router.loss,
                "router_gan_feedback": self.router.gan_feedback,
                "router_differentiation": self.router.differentiation,
@@ -307,7 +311,8 @@ class Trainer:
         self.generator = mixture.generator.to(self.device)
         self.discriminator = ExpertDiscriminator(
             n_experts, self.image_shape, model.discriminator_channels,
-            model.discriminator_features, model.dispatch, model.conditioning)
+            model.discriminator_features, model.dispatch, model.conditioning,
+            model.radial_fibres)
         if self.discriminator.features is not None:
             self.discriminator.features.set_scaler(self.loader.scaler.mean,
                                                    self.loader.scaler.scale)
@@ -390,8 +395,9 @@ class Trainer:
             self.device, non_blocking=True) for v in arrays))
 
     def _noise(self, local_batch: int) -> tuple[torch.Tensor | None, ...]:
-        """z1, z2 (B, Z), Gumbel noise (B, E) and, with the counting step, uniforms (B, H, W)
-        for this rank's slice of the global batch.
+        """z1, z2 (B, Z), Gumbel noise (B, E) and, with the counting step or the energy score,
+        uniforms (B, H, W) (a second set for the energy score) for this rank's slice of the
+        global batch.
 
         Drawn for the whole global batch from one seeded stream, so the events get the same
         noise whatever the number of ranks.
@@ -402,11 +408,13 @@ class Trainer:
         z2 = torch.randn(global_batch, z_dim, generator=self.noise)
         uniform = torch.rand(global_batch, self.n_experts, generator=self.noise)
         gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1 - 1e-7)))
-        pixels = (torch.rand(global_batch, *self.image_shape, generator=self.noise)
-                  if self.config.train.counting_step else None)
+        energy = self.config.loss.energy_score > 0
+        pixels, pixels2 = (torch.rand(global_batch, *self.image_shape, generator=self.noise)
+                           if wanted else None
+                           for wanted in (self.config.train.counting_step or energy, energy))
         part = slice(self.context.rank * local_batch, (self.context.rank + 1) * local_batch)
         return tuple(None if t is None else t[part].to(self.device)
-                     for t in (z1, z2, gumbel, pixels))
+                     for t in (z1, z2, gumbel, pixels, pixels2))
 
     def _autocast(self):
         if self.device.type == "cuda" and self.config.train.bf16:
@@ -452,7 +460,7 @@ class Trainer:
         return StepResult(discriminator, generator, router, aux_loss, routing.count_E)
 
     def _route(self, events: DeviceBatch, local_batch: int) -> Routing:
-        z1_BZ, z2_BZ, gumbel_BE, uniform_BHW = self._noise(local_batch)
+        z1_BZ, z2_BZ, gumbel_BE, uniform_BHW, uniform2_BHW = self._noise(local_batch)
         logits_BE = self.router(events.c_BK)
         gates_BE, probs_BE = gumbel_route(logits_BE, gumbel_BE, self.temperature)
         mask_BE = gates_BE.detach()
@@ -461,12 +469,12 @@ class Trainer:
         scale_E = (fraction_E if self.config.optim.scale_lr_by_routed_fraction
                    else torch.ones_like(fraction_E))
         return Routing(z1_BZ, z2_BZ, logits_BE, gates_BE, probs_BE, mask_BE,
-                       mask_BE.argmax(dim=1), count_E, scale_E, uniform_BHW)
+                       mask_BE.argmax(dim=1), count_E, scale_E, uniform_BHW, uniform2_BHW)
 
     def _as_seen(self, fake_BHW: torch.Tensor, routing: Routing) -> torch.Tensor:
         """A generated image as the discriminator sees it: counted like the sampler's output
         when train.counting_step is on (straight-through gradient), else as generated."""
-        if routing.uniform_BHW is None:
+        if not self.config.train.counting_step:
             return fake_BHW
         return counted_log_image(fake_BHW, routing.uniform_BHW)
 
@@ -513,7 +521,8 @@ class Trainer:
             weights = self.config.loss
             total_B = (weights.adversarial * terms_B[0] + weights.diversity * terms_B[1]
                        + weights.intensity * terms_B[2] + weights.auxiliary * terms_B[3]
-                       + weights.pixel_likelihood * terms_B[4] + weights.centroid * terms_B[5])
+                       + weights.pixel_likelihood * terms_B[4] + weights.centroid * terms_B[5]
+                       + weights.energy_score * terms_B[6])
             loss = losses.routed_mean(total_B, routing.mask_BE, routing.count_E)
             self.opt_generator.zero_grad(set_to_none=False)
             loss.backward()
@@ -540,8 +549,8 @@ class Trainer:
 
     def _generator_terms(self, events: DeviceBatch, routing: Routing):
         """G(z1, c), its discriminator features and the per-event expert loss terms
-        (adversarial, diversity, intensity, auxiliary, pixel likelihood, centroid); a term
-        whose weight is 0 is 0."""
+        (adversarial, diversity, intensity, auxiliary, pixel likelihood, centroid, energy
+        score); a term whose weight is 0 is 0."""
         weights, c_BK, expert_B = self.config.loss, events.c_BK, routing.expert_B
         with self._autocast():
             fake_BHW = self.generator(routing.z1_BZ, c_BK, expert_B)
@@ -549,14 +558,31 @@ class Trainer:
                                                        expert_B)
         zero_B = torch.zeros(routing.z1_BZ.shape[0], device=self.device)
         adversarial_B = losses.generator_adversarial(logits_B.float())
-        diversity_B = intensity_B = auxiliary_B = pixel_B = centroid_B = zero_B
-        if weights.diversity > 0:
+        diversity_B = energy_B = zero_B
+        if weights.diversity > 0 or weights.energy_score > 0:
             with self._autocast():
                 fake2_BHW = self.generator(routing.z2_BZ, c_BK, expert_B)
+        if weights.diversity > 0:
+            with self._autocast():
                 _, features2_BF = self.discriminator(self._as_seen(fake2_BHW, routing), c_BK,
                                                      expert_B)
             diversity_B = losses.sdi_diversity(features_BF.float(), features2_BF.float(),
                                                routing.z1_BZ, routing.z2_BZ, events.spread_B)
+        if weights.energy_score > 0:
+            energy_B = losses.energy_score(counted_log_image(fake_BHW, routing.uniform_BHW),
+                                           counted_log_image(fake2_BHW, routing.uniform2_BHW),
+                                           events.x_BHW)
+        intensity_B, auxiliary_B, pixel_B, centroid_B = self._anchor_terms(fake_BHW, events,
+                                                                            routing, zero_B)
+        return fake_BHW, features_BF, (adversarial_B, diversity_B, intensity_B, auxiliary_B,
+                                       pixel_B, centroid_B, energy_B)
+
+    def _anchor_terms(self, fake_BHW: torch.Tensor, events: DeviceBatch, routing: Routing,
+                      zero_B: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The paired terms that pull G(z1, c) towards the real response of the same particle:
+        intensity, auxiliary, pixel likelihood and centroid (0 where the weight is 0)."""
+        weights, c_BK, expert_B = self.config.loss, events.c_BK, routing.expert_B
+        intensity_B = auxiliary_B = pixel_B = centroid_B = zero_B
         if weights.intensity > 0:
             intensity_B = losses.intensity(fake_BHW, events.x_BHW)
         if weights.auxiliary > 0:
@@ -570,8 +596,7 @@ class Trainer:
             with self._autocast():
                 centre_B2 = self.generator.centre(c_BK, expert_B)
             centroid_B = losses.centroid(fake_BHW, events.x_BHW, centre_B2)
-        return fake_BHW, features_BF, (adversarial_B, diversity_B, intensity_B, auxiliary_B,
-                                       pixel_B, centroid_B)
+        return intensity_B, auxiliary_B, pixel_B, centroid_B
 
     def router_step(self, routing: Routing, generator: GeneratorStep) -> RouterStep:
         weights, context, gates_BE = self.config.loss, self.context, routing.gates_BE

@@ -291,11 +291,13 @@ def select_reference(path: str | os.PathLike, output: str | os.PathLike, *, spli
 def validate(generated_paths: list[str | os.PathLike], reference_path: str | os.PathLike,
              output_dir: str | os.PathLike, *, thresholds: dict[str, float] | None = None,
              seed: int = 0, energy_bins: int = 8, plots: bool = True,
-             n_draws: int = N_DRAWS, progress: Callable[[int], None] | None = None
+             n_draws: int = N_DRAWS, progress: Callable[[int], None] | None = None,
+             sections: dict[str, Any] | None = None, figures: list[str] = ()
              ) -> dict[str, Any]:
     """Compare generated files with the reference; write the report; return metrics.json.
     The files are read block by block (``progress(n_events)`` after each block); only
-    per-event features are held."""
+    per-event features are held. ``sections`` are added to metrics.json as they are (e.g.
+    "pbpb"), ``figures`` (already in output_dir) to the page."""
     if not generated_paths:
         raise ConfigError("validate needs at least one generated file")
     reference_path, output_dir = Path(reference_path), Path(output_dir)
@@ -337,13 +339,15 @@ def validate(generated_paths: list[str | os.PathLike], reference_path: str | os.
         "gate": _gate_section(scored, floor_pair, energy_bins),
         "community": _community(first, paired, floor_pair, energy_bins, seed),
         "floor": floor,
+        **(sections or {}),
         "thresholds": thresholds or {},
     }
     report["failed_thresholds"] = check_thresholds(report, thresholds or {})
     report["passed"] = not report["failed_thresholds"]
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    figures = validation_figures(first, paired, paired, report, output_dir) if plots else []
+    figures = [*(validation_figures(first, paired, paired, report, output_dir) if plots
+                 else []), *figures]
     write_text(output_dir / "metrics.json", json.dumps(report, indent=2, allow_nan=True))
     write_text(output_dir / "index.html", render_html(report, figures))
     return report
@@ -602,13 +606,16 @@ def validate_model(model_path: str | os.PathLike, reference_path: str | os.PathL
                    output_dir: str | os.PathLike, *, generations: int = 3, seed: int = 0,
                    split: str = "all", min_photon_sum: float | None = None,
                    thresholds: dict[str, float] | None = None, plots: bool = True,
-                   selected_reference: str | os.PathLike | None = None) -> dict[str, Any]:
+                   selected_reference: str | os.PathLike | None = None,
+                   collisions: int = 0) -> dict[str, Any]:
     """Generate ``generations`` times (seeds seed, seed + 1, ...) on the reference's
     conditions with the model, then ``validate``. The model's empty-response gate runs when
     the reference has empty events; on a reference of events with light only, the
     generators are scored alone. ``split`` / ``min_photon_sum`` select the
     reference events first (written to output_dir/reference.h5), unless
-    ``selected_reference`` already holds that selection."""
+    ``selected_reference`` already holds that selection. With ``collisions`` > 0 the report
+    gets a "pbpb" section: that many Pb-Pb collisions, generated against the built-in Monte
+    Carlo (expertsim.collisions)."""
     from expertsim.sampling import sample_to_file
     from expertsim.trained_model import TrainedModel
 
@@ -625,7 +632,27 @@ def validate_model(model_path: str | os.PathLike, reference_path: str | os.PathL
         path = output_dir / f"generated_{k}.h5"
         sample_to_file(model_path, reference, path, seed=seed + k, gate=gate)
         files.append(path)
-    return validate(files, reference, output_dir, thresholds=thresholds, seed=seed, plots=plots)
+    sections, figures = {}, []
+    if collisions:
+        sections["pbpb"], figures = _collision_section(model_path, collisions, seed, output_dir,
+                                                       plots)
+    return validate(files, reference, output_dir, thresholds=thresholds, seed=seed, plots=plots,
+                    sections=sections, figures=figures)
+
+
+def _collision_section(model_path: str | os.PathLike, n_collisions: int, seed: int,
+                       output_dir: Path, plots: bool) -> tuple[dict[str, Any], list[str]]:
+    """The Pb-Pb comparison (its report section) and its figures, with a progress bar over
+    the free nucleons simulated twice and generated once."""
+    from tqdm import tqdm
+
+    from expertsim.collisions import compare_collisions
+    from expertsim.plots import collision_figures
+
+    with tqdm(unit="particle", desc=f"Pb-Pb ({n_collisions} collisions)") as bar:
+        section, arrays = compare_collisions(model_path, n_collisions, seed=seed,
+                                             progress=bar.update)
+    return section, (collision_figures(section, arrays, output_dir) if plots else [])
 
 
 def validate_lookup(train_path: str | os.PathLike, reference_path: str | os.PathLike,
@@ -768,6 +795,8 @@ def summary_lines(report: dict) -> list[str]:
             f"{_fmt(gate['max_bin_difference_floor'])})")
     for name, model, floor_value in _community_rows(report.get("community")):
         lines.append(f"{name}: {model} (MC vs MC {floor_value})")
+    if report.get("pbpb"):
+        lines.append(_collision_line(report["pbpb"]))
     lines.append(f"thresholds: {threshold_status(report)}")
     return lines
 
@@ -821,11 +850,50 @@ def _community_rows(community: dict | None) -> list[tuple[str, str, str]]:
              floor["separation"])]
 
 
+PAGE_STYLE = ("body{font-family:'DejaVu Sans',Helvetica,Arial,sans-serif;max-width:1500px;"
+              "margin:1em auto;padding:0 1em;color:#222}table{border-collapse:collapse;"
+              "margin:0.5em 0 1.5em}td,th{border:1px solid #bbb;padding:3px 8px;"
+              "text-align:right}td:first-child,th:first-child{text-align:left}"
+              "th{background:#eee}.headline{font-size:1.35em;margin:0.4em 0}"
+              ".status{display:inline-block;padding:2px 10px;border-radius:4px}"
+              ".passed{background:#d4edda}.failed{background:#f8d7da}.unchecked{background:#eee}"
+              "img{max-width:100%}.small{color:#666;font-size:0.9em}")
+CAPTIONS = {
+    "channels.png": "The five channel sums: Monte Carlo (points with Poisson errors) and "
+                    "generated (line), ratio generated / MC below",
+    "mean_images.png": "Mean images (photons per fibre)",
+    "examples.png": "The same particles: Monte Carlo (top) and generated (bottom)",
+    "response_energy.png": "Photon sum against the particle's energy: mean and resolution",
+    "pbpb_linearity.png": "Pb-Pb: summed photons against the number of free spectator "
+                          "nucleons per collision side (linearity and resolution)",
+    "pbpb_centrality.png": "Pb-Pb: summed photons per centrality class, with the free-nucleon "
+                           "numbers",
+}
+
+
 def render_html(report: dict, figures: list[str]) -> str:
-    """A self-contained page showing the headline, the main metrics and the plots."""
+    """A self-contained page read top-down: the headline with its interval and floor, the
+    thresholds, the metrics table, the figures, then the per-expert, per-slice and Pb-Pb
+    (per-centrality) tables with their figures."""
+    table = "".join(f"<tr><td>{html.escape(a)}</td><td>{b}</td><td>{c}</td></tr>"
+                    for a, b, c in _metric_rows(report))
+    collision_figures = [name for name in figures if name.startswith("pbpb_")]
+    particle_figures = [name for name in figures if name not in collision_figures]
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>ExpertSim validation"
+            f"</title><style>{PAGE_STYLE}</style></head><body><h1>ExpertSim validation</h1>"
+            f"{_headline_html(report)}"
+            f"<table><tr><th>metric</th><th>generated vs MC</th><th>MC vs MC (floor)</th></tr>"
+            f"{table}</table>{_figures_html(particle_figures)}"
+            f"{_per_expert_html(report.get('per_expert'))}"
+            f"{_community_slices_html(report.get('community'))}"
+            f"{_collision_html(report.get('pbpb'))}{_figures_html(collision_figures)}"
+            f"<p>All numbers: <a href='metrics.json'>metrics.json</a></p></body></html>")
+
+
+def _metric_rows(report: dict) -> list[tuple[str, str, str]]:
     headline, floor, paired = report["headline"], report.get("floor"), report["paired"]
     centroid = paired["centroid_distance"]
-    rows = [(f"channel-WS mean (photons, {headline['convention']} channels; 95 % interval)",
+    return [(f"channel-WS mean (photons, {headline['convention']} channels; 95 % interval)",
              _fmt(headline["ws_mean"], headline["ws_mean_ci95"]),
              _fmt(headline["floor_ws_mean"], headline["floor_ci95"])),
             ("model / floor (1 = as good as the simulation)",
@@ -839,20 +907,43 @@ def render_html(report: dict, figures: list[str]) -> str:
             ("classifier AUC (0.5 = indistinguishable)", _fmt(report["classifier_auc"]),
              _fmt(floor["classifier_auc"]) if floor else "n/a"),
             *_community_rows(report.get("community"))]
-    table = "".join(f"<tr><td>{html.escape(a)}</td><td>{b}</td><td>{c}</td></tr>"
-                    for a, b, c in rows)
-    status = html.escape(threshold_status(report))
-    images = "".join(f'<h3>{html.escape(name)}</h3><img src="{html.escape(name)}" '
-                     'style="max-width:100%">' for name in figures)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>ExpertSim validation"
-            f"</title></head><body><h1>ExpertSim validation</h1><p>reference "
-            f"{html.escape(report['reference'])} ({report['n_reference']} events, "
-            f"{report['design']} design, {report['n_pairs']} particles scored); "
-            f"{len(report['generated'])} generation(s); thresholds: {status}</p>"
-            f"<table border='1' cellpadding='4'><tr><th>metric</th><th>generated vs MC</th>"
-            f"<th>MC vs MC (floor)</th></tr>{table}</table>"
-            f"{_community_slices_html(report.get('community'))}{images}"
-            f"<p>All numbers: <a href='metrics.json'>metrics.json</a></p></body></html>")
+
+
+def _headline_html(report: dict) -> str:
+    """The headline line (value, interval, floor, ratio), the threshold status, the source."""
+    headline = report["headline"]
+    text = (f"channel-WS <b>{_fmt(headline['ws_mean'], headline['ws_mean_ci95'], 2)}</b> "
+            "photons")
+    if headline.get("floor_ws_mean") is not None:
+        text += (f" &middot; MC floor {_fmt(headline['floor_ws_mean'], headline['floor_ci95'], 2)}"
+                 f" &middot; model / floor <b>{_fmt(headline['ratio'], headline['ratio_ci95'], 2)}"
+                 "</b>")
+    status = threshold_status(report)
+    kind = ("unchecked" if not report.get("thresholds")
+            else "passed" if report["passed"] else "failed")
+    return (f"<p class='headline'>{text}</p><p>thresholds: <span class='status {kind}'>"
+            f"{html.escape(status)}</span></p><p class='small'>reference "
+            f"{html.escape(report['reference'])}: {report['n_reference']} events, "
+            f"{report['design']} design, {report['n_pairs']} particles scored, "
+            f"{len(report['generated'])} generation(s); 95 % intervals in brackets</p>")
+
+
+def _figures_html(names: list[str]) -> str:
+    return "".join(f"<h3>{html.escape(CAPTIONS.get(name, name))}</h3>"
+                   f"<img src='{html.escape(name)}' alt='{html.escape(name)}'>" for name in names)
+
+
+def _per_expert_html(per_expert: dict | None) -> str:
+    """Events and channel-WS of each expert's particles."""
+    if not per_expert:
+        return ""
+    total = sum(entry["n"] for entry in per_expert.values()) or 1
+    cells = "".join(f"<tr><td>expert {name}</td><td>{entry['n']}</td>"
+                    f"<td>{100 * entry['n'] / total:.0f} %</td><td>{_fmt(entry['ws_mean'])}</td>"
+                    "</tr>" for name, entry in per_expert.items())
+    return ("<h3>Per expert: the particles routed to each</h3><table><tr><th>expert</th>"
+            "<th>particles</th><th>share</th><th>channel-WS (photons)</th></tr>"
+            + cells + "</table>")
 
 
 def _community_slices_html(community: dict | None) -> str:
@@ -872,6 +963,38 @@ def _community_slices_html(community: dict | None) -> str:
                                for key in ("fpd", "kpd", "auc", "jsd", "separation"))
                      + "</tr>")
     return ("<h3>Per energy bin and species: generated vs MC (MC vs MC)</h3>"
-            "<table border='1' cellpadding='4'><tr><th>slice</th><th>MC events</th>"
+            "<table><tr><th>slice</th><th>MC events</th>"
             "<th>FPD</th><th>KPD</th><th>classifier AUC</th><th>JSD</th>"
             "<th>largest separation power</th></tr>" + "".join(cells) + "</table>")
+
+
+def _collision_line(section: dict) -> str:
+    """The Pb-Pb headline as one line of text."""
+    headline = section["headline"]
+    return (f"Pb-Pb ({section['n_collisions']} collisions, {section['n_particles']} free "
+            f"{section['nucleon']}s): summed photon-sum WS {_fmt(headline['ws_photon_sum'])} "
+            f"(MC repeat {_fmt(headline['floor_ws_photon_sum'])}; ratio "
+            f"{_fmt(headline['ratio'], digits=2)}); photons per {section['nucleon']} "
+            f"generated / MC {_fmt(headline['slope_ratio'])}")
+
+
+def _collision_html(section: dict | None) -> str:
+    """The Pb-Pb table: one row per centrality class."""
+    if not section:
+        return ""
+    cells = []
+    for row in section["by_centrality"]:
+        low, high = row["centrality"]
+        mc, gen = row["photon_sum_mc"], row["photon_sum_generated"]
+        cells.append(
+            f"<tr><td>{low}-{high} %</td><td>{row['entries']}</td>"
+            f"<td>{row['nucleons'][0]:.1f} ({row['nucleons'][1]:.1f})</td>"
+            f"<td>{mc[0]:.0f} ({mc[1]:.0f})</td><td>{gen[0]:.0f} ({gen[1]:.0f})</td>"
+            f"<td>{_fmt(row['ws_photon_sum'], digits=1)} "
+            f"({_fmt(row['floor_ws_photon_sum'], digits=1)})</td>"
+            f"<td>{_fmt(row['ratio'], digits=2)}</td></tr>")
+    return (f"<h2>Pb-Pb collisions</h2><p>{html.escape(_collision_line(section))}</p>"
+            "<table><tr><th>centrality</th><th>collision sides</th>"
+            f"<th>free {section['nucleon']}s mean (rms)</th><th>MC summed photons mean (rms)"
+            "</th><th>generated mean (rms)</th><th>WS generated vs MC (MC repeat vs MC)</th>"
+            "<th>ratio</th></tr>" + "".join(cells) + "</table>")

@@ -63,7 +63,7 @@ def spread_routing(model_path):
     return model_path
 
 
-@pytest.fixture(scope="module", params=["zn", "zp", "zn-positional"])
+@pytest.fixture(scope="module", params=["zn", "zp", "zn-radial"])
 def exported(request, tmp_path_factory):
     detector, _, conditioning = request.param.partition("-")
     data = request.getfixturevalue(f"{detector}_file")

@@ -135,3 +135,23 @@ def test_centroid_loss_is_zero_when_the_places_agree_and_pulls_the_shower_to_the
     # more light at the real place lowers the loss, more at the wrong place raises it
     assert fake.grad[0, 1, 1] < 0 < fake.grad[0, 3, 3]
     assert losses.centroid(fake.detach(), torch.zeros(1, 5, 5)).item() == 0.0  # empty real
+
+
+def test_energy_score_is_smallest_when_the_generated_spread_is_the_real_one():
+    # showers of one shape whose intensity fluctuates by a log-normal of width 0.3; counted
+    generator = torch.Generator().manual_seed(0)
+    rows, cols = torch.arange(12.0)[:, None], torch.arange(10.0)[None, :]
+    shape = torch.exp(-((rows - 6) ** 2 + (cols - 4) ** 2) / 6)
+    shape = shape / shape.sum()
+
+    def showers(width: float, n: int = 3000) -> torch.Tensor:
+        amplitude = 150 * torch.exp(width * torch.randn(n, generator=generator))
+        return torch.log1p(torch.poisson(amplitude[:, None, None] * shape, generator=generator))
+
+    real = showers(0.3)
+    scores = {width: losses.energy_score(showers(width), showers(width), real).mean().item()
+              for width in (0.0, 0.3, 0.6)}
+    assert scores[0.3] < scores[0.0] - 0.05  # the mean image alone (no fluctuation) loses
+    assert scores[0.3] < scores[0.6] - 0.05
+    # two generations identical to the real response: 0 up to the norm's smoothing
+    assert losses.energy_score(real[:5], real[:5], real[:5]).abs().max() < 1e-3

@@ -5,7 +5,7 @@ from expertsim.models import (ExpertDiscriminator, ExpertGenerator, MixtureOfExp
                               gumbel_route)
 
 
-@pytest.mark.parametrize("conditioning", ["plain", "positional"])
+@pytest.mark.parametrize("conditioning", ["plain", "positional", "radial"])
 @pytest.mark.parametrize("shape", [(44, 44), (56, 30)])
 def test_dispatch_modes_give_the_same_images_and_gradients(shape, conditioning):
     torch.manual_seed(0)
@@ -58,7 +58,7 @@ def test_inference_is_deterministic_given_the_noise():
     assert (first >= 0).all()
 
 
-@pytest.mark.parametrize("conditioning", ["plain", "positional"])
+@pytest.mark.parametrize("conditioning", ["plain", "positional", "radial"])
 def test_inference_grouping_matches_the_training_dispatch_and_chunking_changes_nothing(
         conditioning):
     """MixtureOfExperts runs each expert's group through plain layers; the images must be the
@@ -102,6 +102,20 @@ def test_positional_conditioning_draws_where_its_centre_says():
     assert derived.shape == (1, 15)
     torch.testing.assert_close(derived[0, 9],
                                torch.asinh(torch.tensor((0.1 + 2e-4 * 11250.0) / 10.0)))
+
+
+def test_radial_channels_are_one_at_the_centre_and_fall_by_their_width_in_fibres():
+    from expertsim.models.conditioning import centred_coordinates
+
+    # centre at the boundary of fibres (21, 21) and (22, 22): half-size units 0
+    maps = centred_coordinates(torch.zeros(1, 1, 44, 44), torch.zeros(1, 2), (44, 44),
+                               (44, 44), radial=(1.0, 4.0))
+    assert maps.shape == (1, 5, 44, 44)
+    # fibre (22, 22) is half a fibre from the centre on each axis: r^2 = 0.5 fibres^2
+    torch.testing.assert_close(maps[0, 3, 22, 22], torch.exp(torch.tensor(-0.25)))
+    # four fibres further along a row: r^2 = 4.5^2 + 0.5^2
+    torch.testing.assert_close(maps[0, 4, 26, 22], torch.exp(torch.tensor(-20.5 / 32)))
+    assert maps[0, 3].max() > 0.7 > maps[0, 3, 30, 30] * 1e6  # the 1-fibre channel is local
 
 
 def test_the_router_bias_rebalances_and_old_files_load_without_it():

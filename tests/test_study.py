@@ -103,6 +103,18 @@ def test_a_killed_study_continues_and_reproduces(study, zn_file):
         assert new["ws_channels"] == old["ws_channels"]
 
 
+def test_a_finished_run_is_not_reused_under_other_settings(study, zn_file):
+    output, _ = study
+    args = ["study", "--data", str(zn_file), "--seeds", "1", "-o", str(output),
+            "--generations", "2", *TINY, "--set", "optim.lr_generator=0.01",
+            "--configs", str(STUDY_CONFIGS / "3_cgan.yaml")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert "runs/cgan/seed0/result.json: this finished run was made with other settings" in \
+        result.output
+    assert "optim.lr_generator: 0.00033 then, 0.01 now" in result.output
+
+
 def test_study_configs_need_distinct_names(tmp_path):
     with pytest.raises(ConfigError, match="share the name"):
         plan([STUDY_CONFIGS / "3_cgan.yaml", STUDY_CONFIGS / "3_cgan.yaml"], 1, tmp_path)

@@ -153,13 +153,22 @@ def test_validate_with_a_model_generates_first(reference, tmp_path):
 
     model = make_model(reference, tmp_path / "model")
     result = run_validate("--model", model, "--reference", reference, "--generations", 2,
-                          "--split", "test", "--min-photon-sum", 1, "-o", tmp_path / "report")
+                          "--split", "test", "--min-photon-sum", 1, "-o", tmp_path / "report",
+                          "--pbpb", 30)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert len(report["generated"]) == 2 and report["headline"]["ws_mean_std"] > 0
     assert_complete(report)
-    for name in ("channels.png", "mean_images.png", "examples.png", "response_energy.png"):
+    for name in ("channels.png", "mean_images.png", "examples.png", "response_energy.png",
+                 "pbpb_linearity.png", "pbpb_centrality.png"):
         assert (tmp_path / "report" / name).stat().st_size > 5000
+    # Pb-Pb: 30 collisions, summed per side, per centrality class, in the page and the summary
+    pbpb = report["pbpb"]
+    assert pbpb["n_collisions"] == 30 and pbpb["n_particles"] > 0
+    assert sum(row["entries"] for row in pbpb["by_centrality"]) == 60
+    assert pbpb["linearity"]["mc"]["photons_per_nucleon"] > 0
+    assert "Pb-Pb (30 collisions" in result.output
+    assert "free neutrons mean (rms)" in (tmp_path / "report" / "index.html").read_text()
     import h5py
     with h5py.File(reference) as handle:
         expected = ((handle["split"][:] == 2) & (handle["derived/photon_sum"][:] >= 1)).sum()

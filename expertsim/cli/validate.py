@@ -46,18 +46,22 @@ REPORT_FILES = ("metrics.json", "index.html", "*.png", "reference.h5", "generate
 @click.option("--min-photon-sum", type=float, default=None,
               help="Use only reference events with at least this many photons (with --model; "
                    "match the training filter).")
+@click.option("--pbpb", "collisions", default=0, show_default=True,
+              type=click.IntRange(min=0),
+              help="With --model: also compare this many Pb-Pb collisions (Glauber spectators "
+                   "summed per collision side) generated against the built-in Monte Carlo.")
 @click.option("--mlflow-run", default=None, help="Also log the headline numbers to this run.")
 @click.option("--overwrite", is_flag=True,
               help="Replace the report files in OUTPUT if it holds a report already.")
 def validate(reference, generated, model_path, lookup_train, export_dir, against, threads,
-             generations, seed, output, thresholds, split, min_photon_sum, mlflow_run,
-             overwrite) -> None:
+             generations, seed, output, thresholds, split, min_photon_sum, collisions,
+             mlflow_run, overwrite) -> None:
     """Compare generated events with Monte Carlo and write a report.
 
     \b
     Examples:
       expertsim validate --model runs/smoke/model.pt --reference data/smoke_zn_mc.h5 \
-          --min-photon-sum 1 -o report/
+          --min-photon-sum 1 -o report/ --pbpb 300
       expertsim validate --generated gen.h5 --reference mc.h5 -o report/ --thresholds limits.yaml
       expertsim validate --lookup data/smoke_zn.h5 --reference data/smoke_zn_mc.h5 \
           --min-photon-sum 1 -o lookup_report/
@@ -71,6 +75,8 @@ def validate(reference, generated, model_path, lookup_train, export_dir, against
 
     if sum(map(bool, (generated, model_path, lookup_train, export_dir))) != 1:
         raise ConfigError("give one of --generated files, --model, --lookup or --export")
+    if collisions and not model_path:
+        raise ConfigError("--pbpb generates Pb-Pb collisions with a model: use it with --model")
     if against and not export_dir:
         raise ConfigError("--against compares an export with the package: use it with --export")
     if (split != "all" or min_photon_sum is not None) and generated:
@@ -85,7 +91,7 @@ def validate(reference, generated, model_path, lookup_train, export_dir, against
     if model_path:
         report = validate_model(model_path, reference, output, generations=generations,
                                 seed=seed, split=split, min_photon_sum=min_photon_sum,
-                                thresholds=limits)
+                                thresholds=limits, collisions=collisions)
     elif export_dir:
         with tqdm(total=generations * _n_particles(reference, split, min_photon_sum),
                   unit="particle", desc="O2 replica") as bar:

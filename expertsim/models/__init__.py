@@ -13,8 +13,9 @@ Contract of each part (shapes; images are log(1 + photons)):
     MixtureOfExperts(z_BZ, c_BK)                 -> image_BHW, expert_B (hard routing)
 
 With ``conditioning="positional"`` generators and discriminators extend c_BK by derived
-features and give their convolutions centred coordinate channels (models.conditioning); the
-inputs stay the same. ``models.counting`` turns a generated image into the counts the
+features and give their convolutions centred coordinate channels (models.conditioning), with
+``"radial"`` also radial channels of given widths around the predicted centre; the inputs stay
+the same. ``models.counting`` turns a generated image into the counts the
 discriminator sees when training with the counting step.
 
 The experts run batched: their weights are stacked along a leading expert dimension; each

@@ -86,12 +86,20 @@ def _asinh(x: torch.Tensor) -> torch.Tensor:
 
 
 def centred_coordinates(feature_map: torch.Tensor, centre_B2: torch.Tensor,
-                        image_shape: tuple[int, int], covered_shape: tuple[int, int]
-                        ) -> torch.Tensor:
-    """feature_map (B, C, h, w) -> (B, C + 2, h, w): appends each cell's row and column
+                        image_shape: tuple[int, int], covered_shape: tuple[int, int],
+                        radial: tuple[float, ...] = ()) -> torch.Tensor:
+    """feature_map (B, C, h, w) -> (B, C + 2 + R, h, w): appends each cell's row and column
     relative to ``centre_B2`` (row, column), in units of the image's half-size with 0 at the
-    image centre. The map covers ``covered_shape`` pixels from the image's top-left corner
-    (a generator's padded canvas, cropped to ``image_shape`` at the end, or the image)."""
+    image centre, then for each width s in ``radial`` (fibres) exp(-r^2 / (2 s^2)) with r the
+    cell's distance from the centre in fibres. The map covers ``covered_shape`` pixels from
+    the image's top-left corner (a generator's padded canvas, cropped to ``image_shape`` at
+    the end, or the image).
+
+    Why radial channels: one fibre is 2 / 44 of a half-size, so a shower one or two fibres
+    wide (an electromagnetic one in ZN) is a function that changes over a few hundredths of
+    the coordinate channels' range; convolutions learn that slowly. The radial channels are
+    of order 1 and as sharp as a fibre, so drawing a narrow or a broad core is a choice of
+    weights, not of their size."""
     batch, _, height, width = feature_map.shape
     rows, cols = image_shape
     full_rows, full_cols = covered_shape
@@ -101,5 +109,9 @@ def centred_coordinates(feature_map: torch.Tensor, centre_B2: torch.Tensor,
                 * (full_cols / width)) * (2.0 / cols) - 1.0
     u = row_grid.view(1, 1, height, 1) - centre_B2[:, 0].view(batch, 1, 1, 1)
     v = col_grid.view(1, 1, 1, width) - centre_B2[:, 1].view(batch, 1, 1, 1)
-    return torch.cat([feature_map, u.expand(batch, 1, height, width),
-                      v.expand(batch, 1, height, width)], dim=1)
+    channels = [feature_map, u.expand(batch, 1, height, width),
+                v.expand(batch, 1, height, width)]
+    if radial:
+        r2 = (u * (rows / 2.0)) ** 2 + (v * (cols / 2.0)) ** 2  # fibres^2
+        channels += [torch.exp(-r2 / (2.0 * width_fibres ** 2)) for width_fibres in radial]
+    return torch.cat(channels, dim=1)

@@ -12,9 +12,10 @@ from expertsim.models.conditioning import (N_CONDITIONS, N_DERIVED, N_PLACEMENT,
                                            ConditionFeatures, centred_coordinates)
 from expertsim.models.layers import ExpertConv2d, ExpertLinear
 
-CONDITIONINGS = ("plain", "positional")
+CONDITIONINGS = ("plain", "positional", "radial")
 POSITION_HIDDEN = 32
 RIDGE = 1e-3  # of the placement fit, relative to standardised inputs
+RADIAL_FIBRES = (0.5, 1.0, 2.0, 4.0, 8.0)  # default radial channel widths (ModelConfig)
 CENTRE_LIMIT = 2.0  # shower centres beyond one half-size outside the face are all alike
 
 
@@ -75,13 +76,17 @@ def calibrate_position(network: nn.Module, c_NK: torch.Tensor, centre_N2: torch.
     return network.position.calibrate(network.features.placement(c_NK), centre_N2)
 
 
-def _conditioning(kind: str) -> tuple[ConditionFeatures | None, int, int]:
-    """(feature module or None, features per event, extra coordinate channels)."""
+def _conditioning(kind: str, radial: tuple[float, ...]
+                  ) -> tuple[ConditionFeatures | None, int, tuple[float, ...]]:
+    """(feature module or None, features per event, radial channel widths: ``radial`` for
+    radial conditioning, none otherwise); positional and radial conditioning add
+    2 + len(widths) channels to every convolution's input."""
     if kind not in CONDITIONINGS:
         raise ValueError(f"conditioning {kind!r} is not one of {CONDITIONINGS}")
     if kind == "plain":
-        return None, N_CONDITIONS, 0
-    return ConditionFeatures(), N_CONDITIONS + N_DERIVED, 2
+        return None, N_CONDITIONS, ()
+    return (ConditionFeatures(), N_CONDITIONS + N_DERIVED,
+            tuple(radial) if kind == "radial" else ())
 
 
 class ExpertGenerator(nn.Module):
@@ -91,19 +96,21 @@ class ExpertGenerator(nn.Module):
     cropped to (H, W). forward(z_BZ, c_BK, expert_B) -> images_BHW in log(1 + photons) >= 0
     (exact zeros allowed), each event drawn by its expert. With ``conditioning="positional"``
     the conditions are extended by ConditionFeatures and every convolution also sees each
-    pixel's position relative to a centre predicted from them (expertsim.models.conditioning).
+    pixel's position relative to a centre predicted from them (expertsim.models.conditioning);
+    ``"radial"`` adds exp(-r^2 / 2w^2) channels for the widths ``radial`` (fibres).
     """
 
     def __init__(self, n_experts: int, image_shape: tuple[int, int], noise_dim: int = 10,
-                 channels: int = 32, dispatch: str = "gather", conditioning: str = "plain"
-                 ) -> None:
+                 channels: int = 32, dispatch: str = "gather", conditioning: str = "plain",
+                 radial: tuple[float, ...] = RADIAL_FIBRES) -> None:
         super().__init__()
         self.n_experts, self.image_shape, self.noise_dim = n_experts, tuple(image_shape), noise_dim
         self.dispatch = dispatch
         rows, cols = image_shape
         self.seed_shape = (-(-rows // 4), -(-cols // 4))
         self.channels = channels
-        self.features, n_features, extra = _conditioning(conditioning)
+        self.features, n_features, self.radial = _conditioning(conditioning, radial)
+        extra = 0 if self.features is None else 2 + len(self.radial)
         self.position = _PositionHead(n_experts, n_features) if extra else None
         self.dense = ExpertLinear(n_experts, noise_dim + n_features,
                                   2 * channels * self.seed_shape[0] * self.seed_shape[1])
@@ -149,7 +156,7 @@ class ExpertGenerator(nn.Module):
         if centre_B2 is None:
             return h
         canvas = (4 * self.seed_shape[0], 4 * self.seed_shape[1])
-        return centred_coordinates(h, centre_B2, self.image_shape, canvas)
+        return centred_coordinates(h, centre_B2, self.image_shape, canvas, self.radial)
 
 
 class ExpertDiscriminator(nn.Module):
@@ -161,11 +168,12 @@ class ExpertDiscriminator(nn.Module):
     """
 
     def __init__(self, n_experts: int, image_shape: tuple[int, int], channels: int = 16,
-                 features: int = 64, dispatch: str = "gather", conditioning: str = "plain"
-                 ) -> None:
+                 features: int = 64, dispatch: str = "gather", conditioning: str = "plain",
+                 radial: tuple[float, ...] = RADIAL_FIBRES) -> None:
         super().__init__()
         self.dispatch, self.image_shape = dispatch, tuple(image_shape)
-        self.features, n_features, extra = _conditioning(conditioning)
+        self.features, n_features, self.radial = _conditioning(conditioning, radial)
+        extra = 0 if self.features is None else 2 + len(self.radial)
         self.position = _PositionHead(n_experts, n_features) if extra else None
         self.conv1 = ExpertConv2d(n_experts, 1 + extra, channels, stride=2)
         self.conv2 = ExpertConv2d(n_experts, channels, 2 * channels, stride=2)
@@ -184,7 +192,8 @@ class ExpertDiscriminator(nn.Module):
         if self.position is not None:
             centre_B2 = self.position.draw(f_BF, self.features.placement(c_BK),
                                            lambda layer, x: layer(x, expert_B, mode))
-            h = centred_coordinates(h, centre_B2, self.image_shape, self.image_shape)
+            h = centred_coordinates(h, centre_B2, self.image_shape, self.image_shape,
+                                    self.radial)
         h = F.leaky_relu(self.conv1(h, expert_B, mode), 0.2)
         h = F.leaky_relu(self.conv2(h, expert_B, mode), 0.2)
         h = F.leaky_relu(self.conv3(h, expert_B, mode), 0.2)
