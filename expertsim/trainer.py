@@ -554,8 +554,8 @@ class Trainer:
         weights, c_BK, expert_B = self.config.loss, events.c_BK, routing.expert_B
         with self._autocast():
             fake_BHW = self.generator(routing.z1_BZ, c_BK, expert_B)
-            logits_B, features_BF = self.discriminator(self._as_seen(fake_BHW, routing), c_BK,
-                                                       expert_B)
+            seen_BHW = self._as_seen(fake_BHW, routing)
+            logits_B, features_BF = self.discriminator(seen_BHW, c_BK, expert_B)
         zero_B = torch.zeros(routing.z1_BZ.shape[0], device=self.device)
         adversarial_B = losses.generator_adversarial(logits_B.float())
         diversity_B = energy_B = zero_B
@@ -569,7 +569,11 @@ class Trainer:
             diversity_B = losses.sdi_diversity(features_BF.float(), features2_BF.float(),
                                                routing.z1_BZ, routing.z2_BZ, events.spread_B)
         if weights.energy_score > 0:
-            energy_B = losses.energy_score(counted_log_image(fake_BHW, routing.uniform_BHW),
+            # with the counting step the discriminator's input is already G(z1, c) counted
+            # with these uniforms: the inverse-CDF draw (48 passes over the image) runs once
+            counted_BHW = (seen_BHW if self.config.train.counting_step
+                           else counted_log_image(fake_BHW, routing.uniform_BHW))
+            energy_B = losses.energy_score(counted_BHW,
                                            counted_log_image(fake2_BHW, routing.uniform2_BHW),
                                            events.x_BHW)
         intensity_B, auxiliary_B, pixel_B, centroid_B = self._anchor_terms(fake_BHW, events,
