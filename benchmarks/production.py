@@ -88,7 +88,8 @@ def _generator_for(backend: str, model, device: str, threads: int | None,
 def _measure(backend: str, model_path: str, device: str, threads: int | None,
              onnx_dir: str | None, repeats: int) -> dict:
     """Child process: every batch size for one (backend, device, threads)."""
-    from expertsim.trained_model import TrainedModel, poisson_counts
+    from expertsim.photon_counts import poisson_counts
+    from expertsim.trained_model import TrainedModel
 
     if threads:
         torch.set_num_threads(threads)

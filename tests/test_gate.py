@@ -12,7 +12,8 @@ from expertsim.eventfile import EventFile
 from expertsim.gate import train_gate
 from expertsim.models.counting import N_SPLIT, nonempty_counts
 from expertsim.sampling import sample_to_file
-from expertsim.trained_model import TrainedModel, poisson_counts
+from expertsim.photon_counts import poisson_counts
+from expertsim.trained_model import TrainedModel
 from tests.test_sampling import make_model, read
 from tests.test_trainer import tiny_config
 

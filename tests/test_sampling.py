@@ -73,6 +73,35 @@ def test_same_seed_same_events_other_seed_other_events(model_file, zn_file, tmp_
 
 
 @pytest.mark.slow
+def test_worker_processes_write_the_events_of_one_process(model_file, zn_file, tmp_path):
+    """--workers 2: spawned single-threaded processes generate the batches; the file holds the
+    same events, experts and gate decisions as a single-process run."""
+    one = sample_to_file(model_file, zn_file, tmp_path / "one.h5", seed=5, repeat=2)
+    result = CliRunner().invoke(main, ["sample", "--model", str(model_file), "--conditions",
+                                       str(zn_file), "-o", str(tmp_path / "two.h5"),
+                                       "--repeat", "2", "--seed", "5", "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    for key in ("images", "expert", "source_row", "conditions"):
+        np.testing.assert_array_equal(read(one, key), read(tmp_path / "two.h5", key))
+
+
+def test_available_cores_respects_affinity_slurm_and_omp(monkeypatch):
+    from expertsim.sampling import available_cores
+
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
+    assert available_cores() == 6
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "4")
+    assert available_cores() == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert available_cores() == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "")  # unset-like values are ignored
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {3})
+    assert available_cores() == 1
+
+
+@pytest.mark.slow
 def test_shards_merge_into_the_unsharded_run(model_file, zn_file, tmp_path):
     sample_to_file(model_file, zn_file, tmp_path / "all.h5", seed=3)
     shards = [sample_to_file(model_file, zn_file, tmp_path / f"s{i}.h5", seed=3,
@@ -121,18 +150,74 @@ def test_a_killed_sampling_run_leaves_no_file(model_file, zn_file, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_poisson_counts_are_the_per_row_keyed_draws():
-    """The fast path (positive fibres only, one re-keyed bit generator) gives exactly the
-    draws of a fresh Philox(key=[seed, row]) per row over the whole image."""
-    from expertsim.trained_model import poisson_counts
+def test_poisson_counts_are_keyed_by_seed_row_and_fibre():
+    """A row's counts depend on (seed, row id, its own expectations) alone: not on batching,
+    on which other rows are drawn beside it, or on their values."""
+    from expertsim.photon_counts import poisson_counts
 
     rng = np.random.default_rng(3)
     expected = rng.exponential(2.0, (40, 44, 44)) * (rng.random((40, 44, 44)) < 0.1)
     expected[5] = 0.0  # an empty row
-    expected[7, 0, 0] = 250.0  # numpy's large-mean algorithm
+    expected[7, 0, 0] = 250.0  # a mean drawn through scipy's quantile function
     counts = poisson_counts(expected, seed=9, first_row=1000)
-    for i in range(40):
-        fresh = np.random.Generator(np.random.Philox(key=[9, 1000 + i])).poisson(expected[i])
-        np.testing.assert_array_equal(counts[i], fresh)
     np.testing.assert_array_equal(poisson_counts(expected[10:], 9, 1010), counts[10:])
+    subset = np.array([3, 7, 31])
+    np.testing.assert_array_equal(poisson_counts(expected[subset], 9, row_ids=1000 + subset),
+                                  counts[subset])
+    changed = expected.copy()
+    changed[8:] *= 3.0
+    np.testing.assert_array_equal(poisson_counts(changed, 9, 1000)[:8], counts[:8])
     assert counts[5].sum() == 0 and counts.dtype == np.uint32
+    assert (counts[expected == 0] == 0).all()
+    assert not np.array_equal(poisson_counts(expected, seed=10, first_row=1000), counts)
+
+
+@pytest.mark.parametrize("mean", [0.05, 0.7, 3.0, 29.5, 31.0, 250.0])
+def test_keyed_poisson_draws_follow_the_poisson_distribution(mean):
+    """The inverse-CDF search (means <= 30) and scipy's quantile (above) give Poisson counts:
+    every probability within 5 sigma of the pmf, on 10^5 draws keyed by row."""
+    import scipy.stats
+
+    from expertsim.photon_counts import poisson_counts
+
+    n = 100_000
+    counts = poisson_counts(np.full((n, 1, 1), mean), seed=4).ravel().astype(int)
+    values = np.arange(int(mean + 8 * np.sqrt(mean) + 8))
+    observed = np.bincount(counts, minlength=len(values))[:len(values)] / n
+    expected = scipy.stats.poisson.pmf(values, mean)
+    sigma = np.sqrt(expected * (1 - expected) / n) + 1e-5
+    assert np.all(np.abs(observed - expected) < 5 * sigma)
+    assert abs(counts.mean() - mean) < 5 * np.sqrt(mean / n)
+
+
+def test_keyed_uniforms_are_uniform_and_uncorrelated():
+    from expertsim.photon_counts import keyed_uniforms
+
+    rows, fibres = np.meshgrid(np.arange(500), np.arange(200), indexing="ij")
+    uniform = keyed_uniforms(0, rows.ravel(), fibres.ravel()).reshape(500, 200)
+    assert uniform.min() > 0 and uniform.max() < 1
+    assert abs(uniform.mean() - 0.5) < 0.005 and abs(uniform.var() - 1 / 12) < 0.002
+    for a, b in ((uniform[1:], uniform[:-1]), (uniform[:, 1:], uniform[:, :-1])):
+        assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.01
+    histogram = np.histogram(uniform, bins=20, range=(0, 1))[0]
+    assert np.all(np.abs(histogram - 5000) < 5 * np.sqrt(5000))
+
+
+def test_bfloat16_experts_route_alike_and_draw_close_expectations(model_file, zn_file):
+    """--precision bfloat16: the router stays float32 (same experts); the expected photons
+    agree with float32 to bf16's rounding; an unknown precision is refused by name."""
+    from expertsim.errors import ConfigError
+    from expertsim.eventfile import read_raw_conditions
+    from expertsim.trained_model import TrainedModel
+
+    model = TrainedModel.load(model_file)
+    conditions, _ = read_raw_conditions(zn_file)
+    c = model.scale(conditions[:500])
+    z = torch.randn(500, model.noise_dim, generator=torch.Generator().manual_seed(0))
+    full, experts = model.expected_photons(z, c)
+    half, half_experts = model.set_precision("bfloat16").expected_photons(z, c)
+    np.testing.assert_array_equal(experts, half_experts)
+    assert half.dtype == np.float32 and not np.array_equal(full, half)
+    np.testing.assert_allclose(half.sum(axis=(1, 2)), full.sum(axis=(1, 2)), rtol=0.05)
+    with pytest.raises(ConfigError, match="float16"):
+        model.set_precision("float16")

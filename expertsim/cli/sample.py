@@ -5,6 +5,10 @@ from __future__ import annotations
 import click
 from tqdm import tqdm
 
+# default worker processes only from this many events: each worker's start (importing PyTorch,
+# loading the model) costs ~2 s
+WORKERS_FROM_ROWS = 20_000
+
 
 @click.command()
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
@@ -25,12 +29,23 @@ from tqdm import tqdm
               help="Run the model's empty-response gate first (default: when the model has "
                    "one): particles it stops are written as empty events at the gate's cost "
                    "only. --no-gate gives every particle a response with light.")
+@click.option("--workers", default=None, type=click.IntRange(min=1),
+              help="Worker processes on a CPU, one thread each (default: the cores this job "
+                   "was given: its CPU affinity mask, capped by SLURM_CPUS_PER_TASK and "
+                   "OMP_NUM_THREADS; 1 for small jobs, which a worker's start would cost "
+                   "more than it saves). The events do not depend on it.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
-              help="CPU threads for PyTorch (1 is fastest for a sampling job beside others on "
-                   "a shared node; raise it when the job has the cores to itself).")
+              help="PyTorch CPU threads of a single-process run (--workers 1). Threads of one "
+                   "process wait for each other, so they lose to processes on a node shared "
+                   "with other jobs.")
+@click.option("--precision", default="float32", show_default=True,
+              type=click.Choice(["float32", "bfloat16"]),
+              help="The experts' arithmetic: bfloat16 is ~1.5x faster on CPUs with bf16 "
+                   "instructions (README, Speed, for its fidelity); the router, gate and "
+                   "counting stay float32.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 def sample(model_path, conditions_path, output, seed, repeat, shard_text, batch_size,
-           device, gate, threads, overwrite) -> None:
+           device, gate, workers, threads, precision, overwrite) -> None:
     """Generate events for the given conditions with a trained model.
 
     Shards of one run (same model, seed, repeat) hold exactly the rows of the unsharded run;
@@ -46,15 +61,19 @@ def sample(model_path, conditions_path, output, seed, repeat, shard_text, batch_
 
     from expertsim.devices import select_device
     from expertsim.fileio import check_output
-    from expertsim.sampling import Shard, describe, read_conditions, sample_to_file
+    from expertsim.sampling import (Shard, available_cores, describe, read_conditions,
+                                    sample_to_file)
 
     check_output(output, inputs=(model_path, conditions_path), overwrite=overwrite)
     torch.set_num_threads(threads)
     shard = Shard.parse(shard_text)
     first, stop = shard.bounds(len(read_conditions(conditions_path)[0]))
-    with tqdm(total=(stop - first) * repeat, unit="ev", desc="sample") as bar:
+    n_rows = (stop - first) * repeat
+    if workers is None:
+        workers = available_cores() if n_rows >= WORKERS_FROM_ROWS else 1
+    with tqdm(total=n_rows, unit="ev", desc="sample") as bar:
         sample_to_file(model_path, conditions_path, output, seed=seed, repeat=repeat,
-                       shard=shard, batch_size=batch_size,
+                       shard=shard, batch_size=batch_size, workers=workers, precision=precision,
                        device=str(select_device(device)), gate=gate, progress=bar.update)
     click.echo(f"wrote {output}: {describe(output)}")
 

@@ -103,15 +103,19 @@ def centred_coordinates(feature_map: torch.Tensor, centre_B2: torch.Tensor,
     batch, _, height, width = feature_map.shape
     rows, cols = image_shape
     full_rows, full_cols = covered_shape
-    row_grid = ((torch.arange(height, dtype=feature_map.dtype, device=feature_map.device) + 0.5)
-                * (full_rows / height)) * (2.0 / rows) - 1.0
-    col_grid = ((torch.arange(width, dtype=feature_map.dtype, device=feature_map.device) + 0.5)
-                * (full_cols / width)) * (2.0 / cols) - 1.0
-    u = row_grid.view(1, 1, height, 1) - centre_B2[:, 0].view(batch, 1, 1, 1)
-    v = col_grid.view(1, 1, 1, width) - centre_B2[:, 1].view(batch, 1, 1, 1)
-    channels = [feature_map, u.expand(batch, 1, height, width),
-                v.expand(batch, 1, height, width)]
+    options = {"dtype": feature_map.dtype, "device": feature_map.device}
+    row_grid = ((torch.arange(height, **options) + 0.5) * (full_rows / height)) * (2.0 / rows) - 1.0
+    col_grid = ((torch.arange(width, **options) + 0.5) * (full_cols / width)) * (2.0 / cols) - 1.0
+    # built channels-last (B, h, w, C) and returned as a (B, C, h, w) view of it: the layout
+    # the generator's convolutions run fastest in on a CPU (ExpertConv2d.single)
+    u = row_grid.view(1, height, 1, 1) - centre_B2[:, 0].view(batch, 1, 1, 1)
+    v = col_grid.view(1, 1, width, 1) - centre_B2[:, 1].view(batch, 1, 1, 1)
+    channels = [feature_map.permute(0, 2, 3, 1), u.expand(batch, height, width, 1),
+                v.expand(batch, height, width, 1)]
     if radial:
-        r2 = (u * (rows / 2.0)) ** 2 + (v * (cols / 2.0)) ** 2  # fibres^2
-        channels += [torch.exp(-r2 / (2.0 * width_fibres ** 2)) for width_fibres in radial]
-    return torch.cat(channels, dim=1)
+        # exp(-(du^2 + dv^2) / 2s^2) = exp(-du^2 / 2s^2) exp(-dv^2 / 2s^2): h + w exponentials
+        # per width instead of h * w (they were a fifth of a ZN generator's time)
+        inverse = 1.0 / (2.0 * torch.tensor(radial, **options) ** 2)  # (R,) per fibre^2
+        du2, dv2 = (u * (rows / 2.0)) ** 2, (v * (cols / 2.0)) ** 2  # fibres^2
+        channels.append(torch.exp(-du2 * inverse) * torch.exp(-dv2 * inverse))
+    return torch.cat(channels, dim=3).permute(0, 3, 1, 2)

@@ -88,6 +88,9 @@ class MixtureOfExperts(nn.Module):
     def __init__(self, router: Router, generator: ExpertGenerator) -> None:
         super().__init__()
         self.router, self.generator = router, generator
+        # Reduced precision of the experts' arithmetic in eager inference (None: float32);
+        # the router always decides in float32. Set by TrainedModel.set_precision.
+        self.expert_dtype: torch.dtype | None = None
 
     def forward(self, z_BZ: torch.Tensor, c_BK: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,8 +100,10 @@ class MixtureOfExperts(nn.Module):
             index_N = (expert_B == expert).nonzero().squeeze(1)
             if not torch.jit.is_tracing() and index_N.numel() == 0:
                 continue  # eager only: an exported graph must keep every branch
-            image_NHW = self.generator.forward_expert(z_BZ[index_N], c_BK[index_N], expert)
-            image_BHW = image_BHW.index_copy(0, index_N, image_NHW)
+            with torch.autocast(z_BZ.device.type, dtype=self.expert_dtype or torch.bfloat16,
+                                enabled=self.expert_dtype is not None):
+                image_NHW = self.generator.forward_expert(z_BZ[index_N], c_BK[index_N], expert)
+            image_BHW = image_BHW.index_copy(0, index_N, image_NHW.to(image_BHW.dtype))
         return image_BHW, expert_B
 
     @torch.inference_mode()
