@@ -211,7 +211,8 @@ def sample_to_file(
         batches = [(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
         tasks = [(conditions[source_row[start:stop]], seed, first_row + start, gate)
                  for start, stop in batches]
-        with contextlib.closing(_batch_results(model, model_path, tasks, parallel and workers,
+        with contextlib.closing(_batch_results(model, model_path, tasks,
+                                               workers if parallel else 0,
                                                precision)) as results:
             for (start, stop), task, (counts, experts[start:stop]) in zip(batches, tasks,
                                                                          results):

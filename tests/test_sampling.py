@@ -96,7 +96,9 @@ def test_available_cores_respects_affinity_slurm_and_omp(monkeypatch):
     assert available_cores() == 4
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert available_cores() == 2
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
     monkeypatch.setenv("OMP_NUM_THREADS", "")  # unset-like values are ignored
+    assert available_cores() == 6
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {3})
     assert available_cores() == 1
 
