@@ -1,26 +1,38 @@
-"""Production speed benchmark: the generator as grid jobs and ALICE O2 would run it.
+"""Production speed at matched fidelity: the sampler and the O2 replica, as grid jobs and
+ALICE O2 run them, in one run.
 
-    python benchmarks/production.py --model runs/zn_cpu/model.pt runs/zn_cpu_light/model.pt \
-        runs/zp_cpu/model.pt --reference data/zn.h5 data/zp.h5 -o production_benchmark.json
+    python benchmarks/production.py \
+        --model studies/zn/runs/expertsim-3/seed0/model.pt \
+        studies/zp/runs/expertsim-3/seed0/model.pt \
+        --reference data/heldout_zn.h5 data/heldout_zp.h5 -o benchmarks/results/production.json
 
-For each model: parameters, FLOPs per event (matrix and convolution work of the router and the
-routed expert, counted by torch.utils.flop_counter), and, with --reference, the held-out
-fidelity (channel-WS in photons on up to --fidelity-events test-split events with photon
-sum >= 1). Then events per second at batch 1 / 100 / 10,000 for each backend and CPU thread
-count, each (backend, threads) in a fresh process so that its peak memory is its own:
+(the held-out files are written by ``bash validation/heldout_check.sh zn|zp``). Per model
+(each with the reference file of its detector):
 
-    eager     PyTorch, MixtureOfExperts.generate (what `expertsim sample` runs)
-    compiled  the same with each expert's forward under torch.compile (inductor)
-    onnx      the exported graph in ONNX Runtime (what O2 runs)
+Variants. ``float32`` is the unaccelerated model: ``expertsim sample``'s path (gate, then the
+generators, then the Poisson counts; ``expertsim.sampling.sample_rows``) in PyTorch.
+``bfloat16`` is the same with the experts in bfloat16 (``--precision bfloat16``). ``onnx`` is
+the export (``expertsim export``) run by the O2 replica (``expertsim.o2``): classifier, then
+generator, counts drawn in the graph, O2's truncation; at batch 1 exactly what O2 runs, at
+larger batches the same graphs given many particles per call (in calls of 256, as the
+sampler's chunks). ``--student MODEL`` adds a lighter model (``expertsim distill``) with
+the kinds of --student-variants, judged against the same unaccelerated model.
 
-"model" rates time the generator alone; "sample" rates add what `expertsim sample` adds
-(expected photons -> Poisson counts on the host). Batch 10,000 runs in chunks of 256 events,
-as the sampler does. Median of --repeats timed runs after a warm-up. With CUDA present, the
-eager and compiled backends are timed on the GPU as well.
+Speed. Events per second at batch 1 / 100 / 10,000 on 1 and 2 threads (PyTorch intra-op
+threads; ONNX Runtime intra-op threads), on two particle streams from the reference's test
+split: ``stream``, the particles in file order, empty responses included (the gate decides;
+what a generator job sees) and ``light``, the particles whose Monte Carlo response has light
+(photon sum >= 1). Each (variant, threads) runs in its own spawned process (its peak memory is
+its own, VmHWM); median of --repeats timed passes after a warm-up. The file writing of
+``expertsim sample`` is not included (benchmarks/shared_node.py times whole processes).
 
-Last, the built-in simulator's events per second on this machine, and the speed-up of each
-path against the Geant4 seconds per event that SOURCES.md quotes (Geant4 11.4, one
-core, simplified geometry): those are quoted figures, not measured here.
+Fidelity. Each variant generates once (seed 0; float32 and bfloat16 share noise and count
+uniforms) on the first --fidelity-events light particles of the test split and is scored by
+``expertsim.validation.validate`` as ``expertsim validate`` scores it: channel-WS with its
+interval, the matched floor, classifier AUC; then its relative difference from float32.
+
+Last, the Geant4 seconds per particle quoted in SOURCES.md (not measured here) times each
+rate: how many times faster than full simulation.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ import multiprocessing
 import platform
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,9 +53,10 @@ import torch
 
 from expertsim import __version__
 
-BATCHES = {1: 300, 100: 3000, 10_000: 10_000}  # batch -> events per timed run
-CHUNK = 256  # ONNX Runtime calls; PyTorch chunks as MixtureOfExperts.generate does
-# SOURCES.md, "Monte Carlo cost": Geant4 seconds per event (low, high), quoted.
+BATCHES = {1: 1000, 100: 5000, 10_000: 10_000}  # batch -> particles per timed pass
+CHUNK = 256  # particles per ONNX Runtime call at the larger batches
+VARIANTS = ("float32", "bfloat16", "onnx")
+# SOURCES.md, "Monte Carlo cost": Geant4 seconds per particle (low, high), quoted.
 GEANT4_SECONDS = {
     "ZN": {"n 100 GeV": (0.40, 0.70), "n 1 TeV": (4.7, 7.3), "2.5 TeV spectator": (10, 20)},
     "ZP": {"p 100 GeV": (0.27, 0.41), "p 1 TeV": (3.0, 4.5), "2.5 TeV spectator": (10, 20)},
@@ -61,75 +75,85 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def _generator_for(backend: str, model, device: str, threads: int | None,
-                   onnx_dir: str | None):
-    """A function (z_BZ, c_BK numpy float32) -> expected photons (numpy) for one backend of a
-    TrainedModel."""
-    model = model.to(device)
-    if backend == "onnx":
-        from expertsim.export import onnx_session
+def particle_streams(reference: str, n_events: int) -> dict[str, np.ndarray]:
+    """Raw conditions (N, 9) of the two streams (module docstring)."""
+    from expertsim.eventfile import EventFile
 
-        session = onnx_session(Path(onnx_dir) / "model.onnx", threads)
-
-        def run(z, c):
-            parts = [session.run(None, {"noise": z[i:i + CHUNK], "conditions": c[i:i + CHUNK]})[0]
-                     for i in range(0, len(z), CHUNK)]
-            return np.expm1(np.concatenate(parts))
-        return run
-    if backend == "compiled":
-        generator = model.mixture.generator
-        generator.forward_expert = torch.compile(generator.forward_expert, dynamic=True)
-
-    def run(z, c):
-        return model.expected_photons(torch.from_numpy(z), torch.from_numpy(c))[0]
-    return run
+    with EventFile(reference) as events:
+        return {"stream": events.conditions(events.rows("test")[:n_events]),
+                "light": events.conditions(events.rows("test", min_photon_sum=1)[:n_events])}
 
 
-def _measure(backend: str, model_path: str, device: str, threads: int | None,
-             onnx_dir: str | None, repeats: int) -> dict:
-    """Child process: every batch size for one (backend, device, threads)."""
-    from expertsim.photon_counts import poisson_counts
+class _OnnxPath:
+    """The O2 replica's graphs on B particles per pass: classifier on all, generator on those
+    it keeps, O2's truncation; at B = 1 O2Replica.particle itself."""
+
+    def __init__(self, export_dir: str, threads: int) -> None:
+        from expertsim.o2 import O2Replica
+
+        self.replica = O2Replica(export_dir, threads=threads, seed=0)
+
+    def __call__(self, raw_B9: np.ndarray, first_row: int) -> None:
+        from expertsim.o2 import decode_pixels
+
+        replica = self.replica
+        if len(raw_B9) == 1:
+            replica.particle(raw_B9[0])
+            return
+        for start in range(0, len(raw_B9), CHUNK):
+            raw = raw_B9[start:start + CHUNK].astype(np.float32)
+            means, scales = replica.classifier_scales
+            kept = np.round(replica.classifier.run([replica._classifier_output], {
+                replica._classifier_input: (raw - means) / scales})[0][:, 0]) != 0
+            if kept.any():
+                means, scales = replica.model_scales
+                noise = replica.rng.standard_normal((int(kept.sum()), 10)).astype(np.float32)
+                image = replica.generator.run(None, {
+                    replica._generator_inputs[0]: noise,
+                    replica._generator_inputs[1]: (raw[kept] - means) / scales})[0]
+                decode_pixels(image.reshape(len(image), -1))
+
+
+def _path(variant: str, model_path: str, export_dir: str | None, threads: int):
+    """A function (raw conditions (B, 9), first output row) -> None that runs one batch."""
+    if variant == "onnx":
+        return _OnnxPath(export_dir, threads)
+    from expertsim.sampling import sample_rows
     from expertsim.trained_model import TrainedModel
 
-    if threads:
-        torch.set_num_threads(threads)
-    rng = np.random.default_rng(0)
+    model = TrainedModel.load(model_path).set_precision(
+        "bfloat16" if variant == "bfloat16" else "float32")
+    gate = model.gate is not None
+    return lambda raw_B9, first_row: sample_rows(model, raw_B9, 0, first_row, gate)
+
+
+def _measure(variant: str, model_path: str, export_dir: str | None, threads: int,
+             streams: dict[str, np.ndarray], repeats: int) -> dict:
+    """Child process: every (stream, batch) for one (variant, threads)."""
+    torch.set_num_threads(threads)
     started = time.perf_counter()
-    model = TrainedModel.load(model_path)
-    noise_dim = model.noise_dim
-    generate = _generator_for(backend, model, device, threads, onnx_dir)
-    rss_loaded = _peak_rss_mb()
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    run = _path(variant, model_path, export_dir, threads)
+    for batch in (1, CHUNK):  # warm-up
+        for start in range(0, 4 * batch, batch):
+            run(streams["light"][start:start + batch], start)
     rows = []
-    for batch, n_events in BATCHES.items():
-        n_calls = max(1, n_events // batch)
-        z = rng.standard_normal((batch, noise_dim)).astype(np.float32)
-        c = rng.standard_normal((batch, 9)).astype(np.float32)
+    for stream, conditions in streams.items():
+        for batch, n_events in BATCHES.items():
+            raw = conditions[:n_events]
 
-        def one_run() -> tuple[float, float]:
-            model_s = poisson_s = 0.0
-            for call in range(n_calls):
+            def one_pass() -> float:
                 t0 = time.perf_counter()
-                expected = generate(z, c)
-                t1 = time.perf_counter()
-                poisson_counts(expected, 0, call * batch)
-                model_s += t1 - t0
-                poisson_s += time.perf_counter() - t1
-            return model_s, poisson_s
+                for start in range(0, len(raw), batch):
+                    run(raw[start:start + batch], start)
+                return time.perf_counter() - t0
 
-        one_run()  # warm-up (and compilation)
-        runs = [one_run() for _ in range(repeats)]
-        model_s = statistics.median(r[0] for r in runs)
-        sample_s = statistics.median(r[0] + r[1] for r in runs)
-        rows.append({"backend": backend, "device": device, "threads": threads, "batch": batch,
-                     "model_events_per_s": n_calls * batch / model_s,
-                     "sample_events_per_s": n_calls * batch / sample_s})
-    memory = {"peak_rss_mb": _peak_rss_mb(), "rss_after_load_mb": rss_loaded}
-    if device == "cuda":
-        memory["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            seconds = statistics.median(one_pass() for _ in range(repeats))
+            rows.append({"variant": variant, "threads": threads, "stream": stream,
+                         "batch": batch, "particles": len(raw),
+                         "events_per_s": len(raw) / seconds,
+                         "ms_per_particle": 1e3 * seconds / len(raw)})
     for row in rows:
-        row.update(memory)
+        row["peak_rss_mb"] = _peak_rss_mb()
     return {"rows": rows, "seconds": time.perf_counter() - started}
 
 
@@ -145,132 +169,197 @@ def model_facts(model_path: str) -> dict:
     from expertsim.trained_model import TrainedModel
 
     model = TrainedModel.load(model_path)
-    mixture, batch = model.mixture, 512
+    batch = 512
     z, c = torch.randn(batch, model.noise_dim), torch.randn(batch, 9)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        mixture(z, c)
-    return {"detector": model.detector.name,
-            "n_experts": model.n_experts,
+        model.mixture(z, c)
+    return {"detector": model.detector.name, "n_experts": model.n_experts,
             "generator_channels": model.config.model.generator_channels,
             "parameters": model.n_parameters,
-            "parameters_per_expert_path": sum(p.numel() for p in mixture.router.parameters())
-            + sum(p[0].numel() for p in mixture.generator.parameters()),
             "mflops_per_event": counter.get_total_flops() / batch / 1e6}
 
 
-def fidelity(model_path: str, reference: str, n_events: int) -> dict:
-    """Channel-WS (photons) of the model against test-split reference events."""
-    from expertsim.detector import channel_sums
+def fidelity(variant: str, model_path: str, export_dir: str | None, reference: Path,
+             folder: Path) -> dict:
+    """One generation of ``variant`` (a kind of VARIANTS) on the selected light particles,
+    scored by validate; files in ``folder``."""
+    from expertsim.o2 import replica_to_file
+    from expertsim.sampling import sample_to_file
+    from expertsim.validation import validate
+
+    folder.mkdir(parents=True, exist_ok=True)
+    generated = folder / "generated.h5"
+    if variant == "onnx":
+        replica_to_file(export_dir, reference, generated, seed=0, gate=False)
+    else:
+        sample_to_file(model_path, reference, generated, seed=0, gate=False, workers=0,
+                       precision="bfloat16" if variant == "bfloat16" else "float32")
+    report = validate([generated], reference, folder / "report", seed=0, plots=False)
+    headline = report["headline"]
+    return {"channel_ws": headline["ws_mean"], "channel_ws_ci95": headline["ws_mean_ci95"],
+            "floor": headline.get("floor_ws_mean"), "ratio": headline.get("ratio"),
+            "auc": report["classifier_auc"],
+            "convention": headline["convention"], "events": report["n_reference"]}
+
+
+def benchmark_model(model_path: str, reference: str, args,
+                    variants: list[tuple[str, str, str]]) -> dict:
+    """Facts, fidelity and speed of one model's variants: (name, kind, model path), kind one
+    of VARIANTS."""
+    from expertsim.export import export_onnx
+    from expertsim.validation import select_reference
+
+    entry = {"model": model_path, "reference": reference, **model_facts(model_path),
+             "students": {name: {"model": path, **model_facts(path)}
+                          for name, _, path in variants if path != model_path},
+             "fidelity": {}, "results": []}
+    print(f"{model_path}: {entry['detector']}, {entry['parameters']:,} parameters, "
+          f"{entry['mflops_per_event']:.2f} MFLOP/event", flush=True)
+    streams = particle_streams(reference, max(BATCHES.values()))
+    entry["stream_empty_fraction"] = _empty_fraction(reference, len(streams["stream"]))
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        selected = select_reference(reference, work / "reference.h5", split="test",
+                                    min_photon_sum=1, max_events=args.fidelity_events)
+        exports = {}
+        for name, kind, path in variants:
+            if kind == "onnx" and path not in exports:
+                exports[path] = str(work / f"export{len(exports)}")
+                export_onnx(path, exports[path], check_events=500)
+            started = time.perf_counter()
+            entry["fidelity"][name] = fidelity(kind, path, exports.get(path), selected,
+                                               work / name)
+            print(f"  {name:<15} channel-WS {entry['fidelity'][name]['channel_ws']:.3f}, AUC "
+                  f"{entry['fidelity'][name]['auc']:.3f} "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+            for threads in args.threads:
+                result = _in_child(kind, path, exports.get(path), threads, streams,
+                                   args.repeats)
+                for row in result["rows"]:
+                    row["variant"] = name
+                entry["results"] += result["rows"]
+                print(f"  {name:<15} threads={threads}: {result['seconds']:.0f} s", flush=True)
+    reference_ws = entry["fidelity"][variants[0][0]]["channel_ws"]
+    for numbers in entry["fidelity"].values():
+        numbers["vs_unaccelerated"] = numbers["channel_ws"] / reference_ws - 1.0
+    return entry
+
+
+def _empty_fraction(reference: str, n_events: int) -> float:
     from expertsim.eventfile import EventFile
-    from expertsim.metrics import channel_wasserstein
-    from expertsim.trained_model import TrainedModel
 
-    model = TrainedModel.load(model_path)
     with EventFile(reference) as events:
-        rows = events.rows("test", min_photon_sum=1)[:n_events]
-        images, conditions = events.images(rows), events.conditions(rows)
-    z = torch.from_numpy(np.random.default_rng(0).standard_normal((len(rows), model.noise_dim))
-                         .astype(np.float32))
-    counts, _ = model.sample_counts(z, model.scale(conditions), seed=0, first_row=0)
-    per_channel = channel_wasserstein(channel_sums(counts), channel_sums(images))
-    return {"reference": reference, "events": int(len(rows)),
-            "channel_ws": float(per_channel.mean()),
-            "channel_ws_per_channel": per_channel.round(3).tolist()}
-
-
-def simulator_rate(detector: str, n_events: int, repeats: int) -> float:
-    from expertsim.simulate import simulate_events
-
-    simulate_events(1000, detector, seed=0, on_batch=lambda *a: None)
-    timings = []
-    for seed in range(repeats):
-        start = time.perf_counter()
-        simulate_events(n_events, detector, seed=seed, on_batch=lambda *a: None)
-        timings.append(time.perf_counter() - start)
-    return n_events / statistics.median(timings)
+        rows = events.rows("test")[:n_events]
+        return float((events.derived("photon_sum")[rows] < 1).mean())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", nargs="+", required=True, help="model files (model.pt)")
-    parser.add_argument("--reference", nargs="+", default=[],
-                        help="event files for the fidelity column (test split); each model "
-                             "uses the one of its detector")
-    parser.add_argument("--fidelity-events", type=int, default=5000)
-    parser.add_argument("-o", "--output", default="production_benchmark.json")
+    parser.add_argument("--model", nargs="+", help="model files (model.pt)")
+    parser.add_argument("--reference", nargs="+",
+                        help="Monte Carlo event files, one per detector (test split)")
+    parser.add_argument("--student", nargs="*", default=[],
+                        help="lighter models, each timed and scored beside the model of its "
+                             "detector")
+    parser.add_argument("--fidelity-events", type=int, default=20_000)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--backends", nargs="+", default=["eager", "compiled", "onnx"],
-                        choices=["eager", "compiled", "onnx"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                        help="of each --model; the first is the unaccelerated reference")
+    parser.add_argument("--student-variants", nargs="+", default=["float32", "onnx"],
+                        choices=VARIANTS)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--simulator-events", type=int, default=20_000)
+    parser.add_argument("-o", "--output", default="production_benchmark.json")
+    parser.add_argument("--table", metavar="JSON",
+                        help="only print the tables of an earlier run's JSON file")
     args = parser.parse_args()
+    if args.table:
+        print_table(json.loads(Path(args.table).read_text()))
+        return
+    if not args.model or not args.reference:
+        parser.error("--model and --reference are required (or --table JSON)")
+    from expertsim.eventfile import check_event_file
+    from expertsim.trained_model import TrainedModel
+
     started = time.perf_counter()
-    report = {"version": __version__, "torch": torch.__version__,
+    references = {check_event_file(path).detector.name: path for path in args.reference}
+    students = {}
+    for path in args.student:
+        students.setdefault(TrainedModel.load(path).detector.name, []).append(path)
+    report = {"version": __version__, "torch": torch.__version__, "command": sys.argv,
               "machine": {"cpu": platform.processor() or platform.machine(),
                           "cores": multiprocessing.cpu_count(),
                           "cuda": torch.cuda.get_device_name() if torch.cuda.is_available()
                           else None},
-              "chunk": CHUNK, "repeats": args.repeats, "models": []}
-    from expertsim.eventfile import check_event_file
-
-    references = {check_event_file(path).detector.name: path for path in args.reference}
+              "batches": BATCHES, "repeats": args.repeats, "models": []}
     for model_path in args.model:
-        entry = {"model": model_path, **model_facts(model_path), "results": []}
-        print(f"{model_path}: {entry['detector']}, {entry['parameters']:,} parameters, "
-              f"{entry['mflops_per_event']:.2f} MFLOP/event", flush=True)
-        reference = references.get(entry["detector"])
-        if reference:
-            entry["fidelity"] = fidelity(model_path, reference, args.fidelity_events)
-            print(f"  held-out channel-WS {entry['fidelity']['channel_ws']:.2f} photons "
-                  f"({entry['fidelity']['events']} events)", flush=True)
-        with tempfile.TemporaryDirectory() as onnx_dir:
-            if "onnx" in args.backends:
-                from expertsim.export import export_onnx
-
-                export_onnx(model_path, onnx_dir, check_events=200)
-            settings = [(b, "cpu", t) for b in args.backends for t in args.threads]
-            if torch.cuda.is_available():
-                settings += [(b, "cuda", None) for b in args.backends if b != "onnx"]
-            for backend, device, threads in settings:
-                result = _in_child(backend, model_path, device, threads, onnx_dir, args.repeats)
-                entry["results"] += result["rows"]
-                print(f"  {backend:<8} {device:<4} threads={threads or '-'}: "
-                      f"{result['seconds']:.0f} s", flush=True)
-        report["models"].append(entry)
-    detectors = sorted({m["detector"] for m in report["models"]})
-    report["simulator_events_per_s"] = {
-        d: simulator_rate(d, args.simulator_events, args.repeats) for d in detectors}
-    report["geant4_seconds_per_event_quoted"] = {d: GEANT4_SECONDS[d] for d in detectors}
+        detector = TrainedModel.load(model_path).detector.name
+        if detector not in references:
+            parser.error(f"{model_path}: no --reference file of detector {detector}")
+        variants = [(kind, kind, model_path) for kind in args.variants]
+        for i, path in enumerate(students.get(detector, [])):
+            variants += [(f"student{i}-{kind}", kind, path)
+                         for kind in args.student_variants]
+        report["models"].append(benchmark_model(model_path, references[detector], args,
+                                                variants))
+    report["geant4_seconds_quoted"] = {m["detector"]: GEANT4_SECONDS[m["detector"]]
+                                       for m in report["models"]}
     report["seconds"] = time.perf_counter() - started
-    with open(args.output, "w") as handle:
-        json.dump(report, handle, indent=2)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2, default=str) + "\n")
     print_table(report)
     print(f"wrote {args.output} ({report['seconds']:.0f} s)")
 
 
 def print_table(report: dict) -> None:
     for entry in report["models"]:
-        fid = entry.get("fidelity", {}).get("channel_ws")
-        print(f"\n{entry['model']}: {entry['detector']}, {entry['generator_channels']} generator "
-              f"channels, {entry['parameters']:,} parameters, "
-              f"{entry['mflops_per_event']:.2f} MFLOP/event"
-              + (f", held-out channel-WS {fid:.2f}" if fid is not None else ""))
-        print(f"{'backend':<9}{'device':<7}{'thr':>4}{'batch':>7}{'model ev/s':>12}"
-              f"{'sample ev/s':>13}{'peak RSS MB':>13}")
-        for row in entry["results"]:
-            print(f"{row['backend']:<9}{row['device']:<7}{str(row['threads'] or '-'):>4}"
-                  f"{row['batch']:>7}{row['model_events_per_s']:>12.0f}"
-                  f"{row['sample_events_per_s']:>13.0f}{row['peak_rss_mb']:>13.0f}")
-        best = max(entry["results"], key=lambda r: r["sample_events_per_s"])
-        geant4 = report["geant4_seconds_per_event_quoted"][entry["detector"]]
-        speedups = ", ".join(f"{name} {low * best['sample_events_per_s']:,.0f}-"
-                             f"{high * best['sample_events_per_s']:,.0f}x"
-                             for name, (low, high) in geant4.items())
-        print(f"best sample rate {best['sample_events_per_s']:.0f} ev/s "
-              f"({best['backend']}, {best['device']}, batch {best['batch']}); against the "
-              f"Geant4 s/event quoted in SOURCES.md: {speedups}")
-    for detector, rate in report["simulator_events_per_s"].items():
-        print(f"built-in parametric simulator ({detector}): {rate:,.0f} ev/s on this machine")
+        print(f"\n{entry['model']}: {entry['detector']}, {entry['parameters']:,} parameters, "
+              f"{entry['mflops_per_event']:.2f} MFLOP/event; stream "
+              f"{entry['stream_empty_fraction']:.0%} empty")
+        students = {facts["model"]: (name.rsplit("-", 1)[0], facts)
+                    for name, facts in entry["students"].items()}
+        for name, facts in students.values():
+            print(f"  {name}: {facts['model']}, {facts['parameters']:,} parameters, "
+                  f"{facts['mflops_per_event']:.2f} MFLOP/event")
+        print(f"{'variant':<16}{'channel-WS':>11}{'95 % interval':>17}{'vs ref':>8}{'AUC':>7}")
+        for name, f in entry["fidelity"].items():
+            low, high = f["channel_ws_ci95"]
+            print(f"{name:<16}{f['channel_ws']:>11.3f}{f'[{low:.2f}, {high:.2f}]':>17}"
+                  f"{f['vs_unaccelerated']:>+8.1%}{f['auc']:>7.3f}")
+        _speed_table(entry, report["geant4_seconds_quoted"][entry["detector"]])
+
+
+MATCHED = 0.05  # "matched fidelity": channel-WS within 5 % of the unaccelerated model's
+
+
+def _speed_table(entry: dict, geant4: dict) -> None:
+    """Events per second, a row per (variant, threads), a column per (stream, batch)."""
+    columns = [(stream, batch) for stream in ("stream", "light") for batch in BATCHES]
+    print(f"{'ev/s':<16}{'thr':>4}" + "".join(f"{f'{s} {b}':>13}" for s, b in columns)
+          + f"{'peak MB':>9}")
+    cells = {(r["variant"], r["threads"], r["stream"], r["batch"]): r for r in entry["results"]}
+    for variant, threads in dict.fromkeys((r["variant"], r["threads"])
+                                          for r in entry["results"]):
+        rows = [cells[(variant, threads, s, b)] for s, b in columns]
+        print(f"{variant:<16}{threads:>4}" + "".join(f"{r['events_per_s']:>13,.0f}"
+                                                      for r in rows)
+              + f"{rows[0]['peak_rss_mb']:>9.0f}")
+    for label, rows in (
+            (f"best rate, light particles, channel-WS within {MATCHED:.0%}",
+             [r for r in entry["results"] if r["stream"] == "light"
+              and abs(entry["fidelity"][r["variant"]]["vs_unaccelerated"]) <= MATCHED]),
+            *((f"O2's mode ({variant}, 1 thread, batch 1, light)",
+               [r for r in entry["results"] if r["variant"] == variant and r["threads"] == 1
+                and r["batch"] == 1 and r["stream"] == "light"])
+              for variant in dict.fromkeys(r["variant"] for r in entry["results"]
+                                           if r["variant"].endswith("onnx")))):
+        if rows:
+            best = max(rows, key=lambda r: r["events_per_s"])
+            speedups = ", ".join(f"{name} {low * best['events_per_s']:,.0f}-"
+                                 f"{high * best['events_per_s']:,.0f}x"
+                                 for name, (low, high) in geant4.items())
+            print(f"{label}: {best['events_per_s']:,.0f} ev/s, {best['ms_per_particle']:.3f} "
+                  f"ms ({best['variant']}, {best['threads']} thr, batch {best['batch']}); "
+                  f"Geant4 (quoted) / this: {speedups}")
 
 
 if __name__ == "__main__":

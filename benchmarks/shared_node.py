@@ -18,6 +18,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -98,6 +99,9 @@ def main() -> None:
     parser.add_argument("--neighbour", choices=["both", "idle", "busy"], default="both")
     parser.add_argument("-o", "--output", default="shared_node.json")
     args = parser.parse_args()
+    # SIGTERM as an exception: the finally blocks stop the busy neighbour and subprocess.run
+    # kills the timed sample, instead of both outliving a killed benchmark
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     report = {"model": args.model, "conditions": args.conditions, "events": args.events,
               "light_only": args.light_only, "repeats": args.repeats,
               "cores": len(os.sched_getaffinity(0)), "results": {}}

@@ -3,12 +3,14 @@ check it.
 
 O2 (SOURCES.md, "How ALICE O2 runs a fast-simulation model") runs, per primary particle: a
 classifier on the nine scaled conditions whose first output it rounds to a class (0 = no
-light: nothing more is done), then the generator on (noise (1, 10), scaled conditions (1, 9)); it turns every output pixel into
-``nphe = (int)expm1(pixel)`` photons, reading the output as a flat array indexed
-``Nx * y + x`` with (Nx, Ny) = (44, 44) for ZN and (56, 30) for ZP, and makes hits with its
-own channel mapping. An export directory holds what that needs:
+light: nothing more is done), then the generator on (noise (1, 10), scaled conditions (1, 9));
+it turns every output pixel into ``nphe = (int)expm1(pixel)`` photons, reading the output as
+a flat array indexed ``Nx * y + x`` with (Nx, Ny) = (44, 44) for ZN and (56, 30) for ZP, and
+makes hits with its own channel mapping. An export directory holds what that needs:
 
-    model.onnx             the generator: router, experts and the counting step in one graph.
+    model.onnx             the generator: router, experts and the counting step in one graph
+                           (each expert behind an If node: one particle runs one expert's
+                           operators; the counting step's inversion in a few dozen operators).
                            Inputs ``noise`` (batch, 10) standard normal and ``conditions``
                            (batch, 9) scaled as (x - mean) / scale. Output 0 ``image``
                            (batch, W, H): photon counts k drawn inside the graph (Poisson, given
@@ -72,6 +74,7 @@ HIT_MARGIN = 0.05
 LOG_TOLERANCE = 1e-4
 PROBABILITY_TOLERANCE = 1e-4
 MAX_Z = 5.0  # drawn photon sums and gate decisions against their expectations
+CHECK_CHUNK = 256  # events per ONNX Runtime call in the check
 EXPORT_FILES = ("model.onnx", "scales.txt", "classifier.onnx", "classifier_scales.txt",
                 "model.json")
 O2_SETTINGS = {"ZN": ("ZDCFastSimModelPathNeutron", "ZDCFastSimModelScalesNeutron"),
@@ -111,15 +114,56 @@ def to_o2_order(image_BHW: torch.Tensor) -> torch.Tensor:
     return image_BHW.transpose(1, 2)
 
 
-class _O2Generator(torch.nn.Module):
-    """The mixture with O2's signature: (noise, scaled conditions) -> (image, expected)."""
+class _ExpertBranch(torch.nn.Module):
+    """One expert's generator on every event it is given (traced into a branch)."""
 
-    def __init__(self, mixture, counts: bool) -> None:
+    def __init__(self, generator, expert: int) -> None:
         super().__init__()
-        self.mixture, self.counts = mixture, counts
+        self.generator, self.expert = generator, expert
 
-    def forward(self, noise: torch.Tensor, conditions: torch.Tensor):
-        log_expected_BHW = self.mixture(noise, conditions)[0]
+    def forward(self, noise: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        return self.generator.forward_expert(noise, conditions, self.expert)
+
+
+class _SkippingMixture(torch.nn.Module):
+    """MixtureOfExperts.forward's image, with each expert behind a data-dependent ``if``
+    (scripted: the ONNX graph gets an If node per expert). A traced mixture runs every
+    expert's operators on its possibly empty group; at batch 1, O2's mode, two of three
+    experts are empty and ONNX Runtime still pays its fixed cost for each of their few
+    hundred operators."""
+
+    def __init__(self, router, branches: list, image_shape: tuple[int, int]) -> None:
+        super().__init__()
+        self.router, self.branches = router, torch.nn.ModuleList(branches)
+        self.rows, self.cols = image_shape
+
+    def forward(self, noise: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        expert_B = self.router(conditions).argmax(dim=1)
+        image_BHW = torch.zeros(noise.shape[0], self.rows, self.cols, dtype=noise.dtype)
+        expert = 0
+        for branch in self.branches:
+            index_N = (expert_B == expert).nonzero().squeeze(1)
+            if index_N.numel() > 0:
+                image_BHW = image_BHW.index_copy(0, index_N,
+                                                 branch(noise[index_N], conditions[index_N]))
+            expert += 1
+        return image_BHW
+
+
+def _traced(module: torch.nn.Module, example: tuple) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TorchScript's retirement notices (see _write_onnx)
+        return torch.jit.trace(module.eval(), example, check_trace=False)
+
+
+class _O2Outputs(torch.nn.Module):
+    """log(1 + expected photons) (B, H, W) -> O2's (image, expected), both (B, W, H)."""
+
+    def __init__(self, counts: bool) -> None:
+        super().__init__()
+        self.counts = counts
+
+    def forward(self, log_expected_BHW: torch.Tensor):
         expected = to_o2_order(log_expected_BHW)
         if not self.counts:
             return expected, expected
@@ -132,6 +176,26 @@ class _O2Generator(torch.nn.Module):
                                     torch.rand_like(expected_BP[:, :N_SPLIT]))
         encoded_BP = torch.log(1.0 + counts_BP + HIT_MARGIN * (counts_BP > 0).float())
         return to_o2_order(encoded_BP.view_as(log_expected_BHW)), expected
+
+
+class _O2Generator(torch.nn.Module):
+    """The mixture with O2's signature: (noise, scaled conditions) -> (image, expected).
+    Scripted around traced parts: the experts behind data-dependent ifs (_SkippingMixture),
+    the counting step traced."""
+
+    def __init__(self, mixture, counts: bool) -> None:
+        super().__init__()
+        generator = mixture.generator
+        example = (torch.zeros(2, generator.noise_dim), torch.zeros(2, len(CONDITION_COLUMNS)))
+        branches = [_traced(_ExpertBranch(generator, expert), example)
+                    for expert in range(generator.n_experts)]
+        self.mixture = _SkippingMixture(mixture.router, branches, generator.image_shape)
+        self.outputs = _traced(_O2Outputs(counts),
+                               (torch.zeros(2, *generator.image_shape),))
+
+    def forward(self, noise: torch.Tensor, conditions: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.outputs(self.mixture(noise, conditions))
 
 
 class _O2Classifier(torch.nn.Module):
@@ -196,9 +260,13 @@ def check_export(export_dir: str | os.PathLike, model: TrainedModel, *,
     mean, scale = model.scaler.mean, model.scaler.scale
     raw_N9 = mean + scale * rng.standard_normal((n_events, len(mean)))
     noise_NZ = rng.standard_normal((n_events, model.noise_dim)).astype(np.float32)
-    image_NWH, expected_NWH = onnx_session(export_dir / "model.onnx").run(None, {
-        INPUT_NAMES[0]: noise_NZ,
-        INPUT_NAMES[1]: _o2_scaled(raw_N9, export_dir / "scales.txt")})
+    session, scaled_N9 = onnx_session(export_dir / "model.onnx"), _o2_scaled(
+        raw_N9, export_dir / "scales.txt")
+    # in chunks, as the sampler runs the generators: memory stays bounded for any n_events
+    parts = [session.run(None, {INPUT_NAMES[0]: noise_NZ[i:i + CHECK_CHUNK],
+                                INPUT_NAMES[1]: scaled_N9[i:i + CHECK_CHUNK]})
+             for i in range(0, n_events, CHECK_CHUNK)]
+    image_NWH, expected_NWH = (np.concatenate([part[j] for part in parts]) for j in (0, 1))
     torch_NHW, expert_N = model.generate(torch.from_numpy(noise_NZ), model.scale(raw_N9))
     torch_NHW = torch_NHW.cpu().numpy()
     if expected_NWH.shape != torch_NHW.transpose(0, 2, 1).shape:
@@ -269,8 +337,9 @@ def export_onnx(model_path: str | os.PathLike, output_dir: str | os.PathLike, *,
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export.", dir=output_dir))
     try:
-        _write_onnx(_O2Generator(model.mixture, counts), staging / "model.onnx", opset,
-                    (torch.zeros(2, model.noise_dim), torch.zeros(2, len(CONDITION_COLUMNS))),
+        _write_onnx(_scripted(_O2Generator(model.mixture, counts)), staging / "model.onnx",
+                    opset, (torch.zeros(2, model.noise_dim),
+                            torch.zeros(2, len(CONDITION_COLUMNS))),
                     INPUT_NAMES, OUTPUT_NAMES, model.image_shape[::-1])
         _write_onnx(_O2Classifier(model.gate), staging / "classifier.onnx", opset,
                     (torch.zeros(2, len(CONDITION_COLUMNS)),), CLASSIFIER_INPUT_NAMES,
@@ -282,8 +351,8 @@ def export_onnx(model_path: str | os.PathLike, output_dir: str | os.PathLike, *,
         if result is not None and not result.passed:
             raise ExportCheckError(
                 f"{model_path}: the ONNX export does not reproduce PyTorch "
-                f"({describe_check(result)}); nothing was written. A router tie flipped by rounding gives a large log "
-                "difference once in a while: try --check-seed")
+                f"({describe_check(result)}); nothing was written. A router tie flipped by "
+                "rounding gives a large log difference once in a while: try --check-seed")
         metadata = _metadata(model, staging, opset, result, seed, counts)
         (staging / "model.json").write_text(json.dumps(metadata, indent=2, default=str) + "\n")
         for name in EXPORT_FILES:
@@ -306,6 +375,12 @@ def describe_check(result: ExportCheck) -> str:
                   f"(limit {PROBABILITY_TOLERANCE})",
                   f"gate decisions {result.leaves_light_z:+.2f} standard errors (limit {MAX_Z})"]
     return "; ".join(parts)
+
+
+def _scripted(module: torch.nn.Module) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's retirement notices (see _write_onnx)
+        return torch.jit.script(module)
 
 
 def _write_onnx(graph: torch.nn.Module, onnx_path: Path, opset: int, example: tuple,

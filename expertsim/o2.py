@@ -175,14 +175,18 @@ class O2Replica:
         return (decode_pixels(image.reshape(1, -1))[0],
                 np.expm1(expected.reshape(-1).astype(np.float64)))
 
-    def run(self, conditions_N9: np.ndarray, progress: Callable[[int], None] | None = None
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def run(self, conditions_N9: np.ndarray, progress: Callable[[int], None] | None = None,
+            gate: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(images (N, Nx, Ny) uint32 in the package's layout, hit channels (N, 5), side
-        (N,) "A"/"C") for raw conditions (N, 9), one particle at a time."""
+        (N,) "A"/"C") for raw conditions (N, 9), one particle at a time. ``gate=False``
+        skips the classifier (every particle through the generator: the generator scored
+        alone on particles known to leave light, as ``expertsim validate`` scores a model on
+        such a reference)."""
         nx, ny = O2_SHAPES[self.detector]
         flat = np.zeros((len(conditions_N9), nx * ny), dtype=np.int64)
         for i, raw_9 in enumerate(np.asarray(conditions_N9, dtype=np.float64)):
-            nphe = self.particle(raw_9)
+            nphe = self.particle(raw_9) if gate else \
+                self.generate(raw_9, self.rng.standard_normal(NOISE_SHAPE))[0]
             if nphe is not None:
                 flat[i] = nphe
             if progress is not None and (i + 1) % 256 == 0:
@@ -196,21 +200,23 @@ class O2Replica:
 
 def replica_to_file(export_dir: str | os.PathLike, conditions_path: str | os.PathLike,
                     output: str | os.PathLike, *, seed: int = 0, threads: int = 1,
-                    progress: Callable[[int], None] | None = None) -> Path:
+                    progress: Callable[[int], None] | None = None, gate: bool = True) -> Path:
     """Run the replica over every particle of ``conditions_path`` and write the hits as an
     event file (counts in the package's layout, ``/source_row``, and provenance naming the
-    export's files by hash), ready for ``expertsim.validation.validate``."""
+    export's files by hash), ready for ``expertsim.validation.validate``. ``gate=False``:
+    without the classifier (O2Replica.run)."""
     from expertsim.eventfile import EventFileWriter
     from expertsim.provenance import file_sha256, make_provenance
     from expertsim.sampling import read_conditions
 
     replica = O2Replica(export_dir, threads=threads, seed=seed)
     conditions, pdg = read_conditions(conditions_path)
-    images, _, _ = replica.run(conditions, progress=progress)
+    images, _, _ = replica.run(conditions, progress=progress, gate=gate)
     export_dir = Path(export_dir)
     provenance = make_provenance(
         made_by="expertsim O2 replica", seed=seed, inputs=[conditions_path],
         config={"export": str(export_dir.resolve()), "threads": threads, "batch": 1,
+                "classifier": gate,
                 **{f"{name}_sha256": file_sha256(export_dir / name)
                    for name in ("model.onnx", "classifier.onnx")}})
     with EventFileWriter(output, replica.detector, len(conditions), provenance=provenance,

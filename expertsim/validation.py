@@ -265,19 +265,22 @@ def _paired(first: dict, paired: dict, floor_pair: tuple[dict, dict] | None
 
 
 def select_reference(path: str | os.PathLike, output: str | os.PathLike, *, split: str = "all",
-                     min_photon_sum: float | None = None) -> Path:
-    """Write the reference events of ``split`` with photon sum >= ``min_photon_sum`` as a new
-    event file (validate against what the model was trained to produce, on held-out events)."""
+                     min_photon_sum: float | None = None, max_events: int | None = None
+                     ) -> Path:
+    """Write the reference events of ``split`` with photon sum >= ``min_photon_sum`` (the
+    first ``max_events`` of them when given) as a new event file (validate against what the
+    model was trained to produce, on held-out events)."""
     from expertsim.provenance import make_provenance
 
     with EventFile(path) as events:
         info = events.info
-        rows = events.rows(split, min_photon_sum)
+        rows = events.rows(split, min_photon_sum)[:max_events]
         if len(rows) == 0:
             raise ConfigError(f"{path}: no events in split {split!r} with photon sum >= "
                               f"{min_photon_sum}")
         provenance = make_provenance(made_by="expertsim validate (reference)",
-                                     config={"split": split, "min_photon_sum": min_photon_sum},
+                                     config={"split": split, "min_photon_sum": min_photon_sum,
+                                             "max_events": max_events},
                                      inputs=[path], hash_inputs=False)
         with EventFileWriter(output, info.detector, len(rows), provenance=provenance,
                              with_pdg=info.has_pdg, image_dtype=info.image_dtype) as writer:

@@ -84,6 +84,8 @@ def test_export_writes_the_o2_files(exported):
     rows, cols = trained.image_shape
     generator = onnx.load(str(folder / "model.onnx"))
     onnx.checker.check_model(generator)
+    # each expert behind its own If: a particle runs only the operators of its expert
+    assert [n.op_type for n in generator.graph.node].count("If") == trained.n_experts
     assert signature(generator.graph.input) == [
         ("noise", ["batch", 10]), ("conditions", ["batch", 9])]
     # O2 reads the output flat as pixels[Nx * y + x], x along the rows: (batch, Ny, Nx)

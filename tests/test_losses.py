@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,7 +11,8 @@ from expertsim.models import losses, gumbel_route
 
 def test_adversarial_losses():
     zero = torch.zeros(2)
-    assert losses.discriminator_adversarial(zero, zero).tolist() == pytest.approx([2 * math.log(2)] * 2)
+    assert losses.discriminator_adversarial(zero, zero).tolist() == pytest.approx(
+        [2 * math.log(2)] * 2)
     assert losses.generator_adversarial(zero).tolist() == pytest.approx([math.log(2)] * 2)
     assert losses.generator_adversarial(torch.tensor([30.0])).item() == pytest.approx(0, abs=1e-9)
 
@@ -96,6 +98,29 @@ def test_counting_step_draws_poisson_counts_with_a_straight_through_gradient():
     expected = torch.expm1(log_image.detach())
     # d log(1 + lambda + (k - lambda)) / d lambda * d lambda / d x = (1 + lambda) / (1 + k)
     torch.testing.assert_close(log_image.grad, (1 + expected) / (1 + counts))
+
+
+def test_compact_counting_gives_the_recurrences_counts():
+    """The exported graph's compact inversion (dense steps, then a float64 CDF table for the
+    larger counts) draws what the training recurrence draws from the same uniforms, over the
+    exact range and the normal approximation above it; where float rounding makes them
+    differ, the compact one is the exact Poisson quantile."""
+    from scipy.stats import poisson
+
+    from expertsim.models.counting import EXACT_UP_TO, poisson_from_uniform
+
+    generator = torch.Generator().manual_seed(1)
+    mean = torch.cat([torch.zeros(1000), torch.rand(2_000_000, generator=generator) * 30.0])
+    uniform, normal = torch.rand(len(mean), generator=generator), torch.randn(len(mean))
+    loop = poisson_from_uniform(mean, uniform, normal)
+    compact = poisson_from_uniform(mean, uniform, normal, compact=True)
+    assert compact[:1000].abs().max() == 0
+    differ = compact != loop
+    assert differ.float().mean() < 1e-5 and (compact - loop).abs().max() <= 1
+    assert torch.equal(compact[mean > EXACT_UP_TO], loop[mean > EXACT_UP_TO])
+    exact = poisson.ppf(uniform[differ].double().numpy(), mean[differ].double().numpy())
+    np.testing.assert_array_equal(compact[differ].numpy(), exact)
+    assert (loop > 10).sum() > 100_000  # the table part is exercised
 
 
 def test_pixel_likelihood_is_zero_for_the_true_expectation_and_grows_away_from_it():

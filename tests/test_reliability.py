@@ -339,6 +339,8 @@ READ_ONLY = {
     "train": lambda w, ro: ["train", "--config", w.config(w.zn), "--set",
                             f"train.output_dir={ro / 'run'}"],
     "gate": lambda w, ro: ["gate", "--model", w.model, "--data", w.zn, "-o", ro / "m.pt"],
+    "distill": lambda w, ro: ["distill", "--teacher", w.model, "--data", w.zn, "-o",
+                              ro / "s.pt"],
     "inspect --plot": lambda w, ro: ["inspect", w.zn, "--plot", ro / "p.png"],
 }
 

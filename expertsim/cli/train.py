@@ -114,4 +114,52 @@ def gate(model_path, data_path, output, steps, batch_size, lr, hidden, seed,
     click.echo(gate_summary(report))
 
 
-COMMANDS = (train, gate)
+@click.command("distill")
+@click.option("--teacher", "teacher_path", required=True, type=click.Path(dir_okay=False),
+              help="Trained model file to distil (model.pt).")
+@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False),
+              help="Event file whose train-split conditions (events with light) the student "
+                   "learns on; the teacher's detector.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Model file to write: the student (not the teacher's file).")
+@click.option("--channels", default=8, show_default=True, type=click.IntRange(min=2),
+              help="Student generator channels (even; the study's models have 16).")
+@click.option("--steps", default=3000, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0,
+                                                                             min_open=True))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def distill(teacher_path, data_path, output, channels, steps, batch_size, lr, seed,
+            overwrite) -> None:
+    """Train a lighter one-expert generator to draw what a trained model draws.
+
+    The student regresses on the teacher's images for the same noise and conditions; it
+    keeps the teacher's gate and scaler. Judge it like any model (expertsim validate).
+
+    \b
+    Example:
+      expertsim distill --teacher runs/zn/model.pt --data data/zn.h5 --channels 8 \
+          -o runs/zn/student8.pt
+    """
+    from tqdm import tqdm
+
+    from expertsim.distill import distill as run_distillation
+    from expertsim.fileio import check_output
+
+    check_output(output, inputs=(teacher_path, data_path), overwrite=overwrite)
+    with tqdm(total=steps, unit="step", desc="distill") as bar:
+        def progress(n: int, loss: float) -> None:
+            bar.update(n)
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+        report = run_distillation(teacher_path, data_path, output, channels=channels,
+                                  steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                                  progress=progress)
+    click.echo(f"wrote {output}: {report['student_parameters']:,} parameters (teacher "
+               f"{report['teacher_parameters']:,}); loss {report['loss_first']:.4f} -> "
+               f"{report['loss_last']:.4f} in {report['seconds']:.0f} s; median student / "
+               f"teacher photon sum {report['photon_sum_ratio_median']:.3f}")
+
+
+COMMANDS = (train, gate, distill)
