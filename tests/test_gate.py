@@ -45,6 +45,10 @@ def test_no_gate_from_a_file_without_empty_events(zn_file, tmp_path):
     gate, report = train_gate(light_only, scaler, steps=10, batch_size=64, lr=1e-3,
                               hidden=8, seed=0)
     assert gate is None and not report["trained"] and "0 empty" in report["reason"]
+    first = select_reference(full, tmp_path / "first.h5", min_photon_sum=1, max_events=50)
+    with EventFile(first) as head, EventFile(light_only) as whole:
+        assert head.n_events == 50
+        np.testing.assert_array_equal(head.conditions(), whole.conditions(np.arange(50)))
 
 
 @pytest.fixture(scope="module")

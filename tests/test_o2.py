@@ -120,3 +120,15 @@ def test_validate_scores_an_export_through_the_replica_like_the_package(exported
     assert agreement["checks"]["empty_fraction"]["passed"]
     assert abs(agreement["checks"]["mean_photon_sum_non_empty"]["standard_errors"]) < 4
     assert abs(agreement["checks"]["ws_all"]["relative"]) < 0.5
+
+
+def test_the_replica_without_its_classifier_gives_every_particle_light(exported_pair):
+    """gate=False (the generator scored alone, as on a reference of particles with light):
+    no particle is dropped, and each draws at least one photon."""
+    _, folder, data = exported_pair
+    with EventFile(data) as events:
+        conditions = events.conditions()[:60]
+    images, _, _ = O2Replica(folder, seed=1).run(conditions, gate=False)
+    assert (images.sum(axis=(1, 2)) > 0).all()
+    gated, _, _ = O2Replica(folder, seed=1).run(conditions)
+    assert (gated.sum(axis=(1, 2)) == 0).any()  # the classifier does stop some of them
