@@ -94,7 +94,7 @@ class _OnnxPath:
         self.replica = O2Replica(export_dir, threads=threads, seed=0)
 
     def __call__(self, raw_B9: np.ndarray, first_row: int) -> None:
-        from expertsim.o2 import decode_pixels
+        from expertsim.o2 import NOISE_SHAPE, decode_pixels
 
         replica = self.replica
         if len(raw_B9) == 1:
@@ -107,7 +107,8 @@ class _OnnxPath:
                 replica._classifier_input: (raw - means) / scales})[0][:, 0]) != 0
             if kept.any():
                 means, scales = replica.model_scales
-                noise = replica.rng.standard_normal((int(kept.sum()), 10)).astype(np.float32)
+                noise = replica.rng.standard_normal((int(kept.sum()), NOISE_SHAPE[1])).astype(
+                    np.float32)
                 image = replica.generator.run(None, {
                     replica._generator_inputs[0]: noise,
                     replica._generator_inputs[1]: (raw[kept] - means) / scales})[0]
@@ -209,8 +210,9 @@ def benchmark_model(model_path: str, reference: str, args,
     from expertsim.export import export_onnx
     from expertsim.validation import select_reference
 
-    entry = {"model": model_path, "reference": reference, **model_facts(model_path),
-             "students": {name: {"model": path, **model_facts(path)}
+    facts = {path: model_facts(path) for path in dict.fromkeys(p for _, _, p in variants)}
+    entry = {"model": model_path, "reference": reference, **facts[model_path],
+             "students": {name: {"model": path, **facts[path]}
                           for name, _, path in variants if path != model_path},
              "fidelity": {}, "results": []}
     print(f"{model_path}: {entry['detector']}, {entry['parameters']:,} parameters, "
