@@ -9,9 +9,12 @@ ALICE O2 run them, in one run.
 (the held-out files are written by ``bash validation/heldout_check.sh zn|zp``). Per model
 (each with the reference file of its detector):
 
-Variants. ``float32`` is the unaccelerated model: ``expertsim sample``'s path (gate, then the
-generators, then the Poisson counts; ``expertsim.sampling.sample_rows``) in PyTorch.
-``bfloat16`` is the same with the experts in bfloat16 (``--precision bfloat16``). ``onnx`` is
+Variants. ``unfolded`` is the unaccelerated model: ``expertsim sample``'s path (gate, then the
+generators, then the Poisson counts; ``expertsim.sampling.sample_rows``) in PyTorch with the
+experts' layers as trained (``MixtureOfExperts.fold_experts = False``). ``float32`` is the same
+path as the sampler runs it, with the experts rewritten for inference
+(``expertsim.models.folded``); ``bfloat16`` the same with the experts in bfloat16
+(``--precision bfloat16``). ``onnx`` is
 the export (``expertsim export``) run by the O2 replica (``expertsim.o2``): classifier, then
 generator, counts drawn in the graph, O2's truncation; at batch 1 exactly what O2 runs, at
 larger batches the same graphs given many particles per call (in calls of 256, as the
@@ -19,7 +22,10 @@ sampler's chunks). ``--student MODEL`` adds a lighter model (``expertsim distill
 the kinds of --student-variants, judged against the same unaccelerated model.
 
 Speed. Events per second at batch 1 / 100 / 10,000 on 1 and 2 threads (PyTorch intra-op
-threads; ONNX Runtime intra-op threads), on two particle streams from the reference's test
+threads; ONNX Runtime intra-op threads) and, for the sampler's float32 and bfloat16 paths, on
+--workers worker threads with single-threaded kernels (``expertsim sample``'s layout on a
+multi-core job, ``expertsim.sampling.WorkerPool``: the batch is cut into tasks of at most
+WORKER_BATCH rows, as the sampler cuts it), on two particle streams from the reference's test
 split: ``stream``, the particles in file order, empty responses included (the gate decides;
 what a generator job sees) and ``light``, the particles whose Monte Carlo response has light
 (photon sum >= 1). Each (variant, threads) runs in its own spawned process (its peak memory is
@@ -27,7 +33,8 @@ its own, VmHWM); median of --repeats timed passes after a warm-up. The file writ
 ``expertsim sample`` is not included (benchmarks/shared_node.py times whole processes).
 
 Fidelity. Each variant generates once (seed 0; float32 and bfloat16 share noise and count
-uniforms) on the first --fidelity-events light particles of the test split and is scored by
+uniforms; so do the worker layouts, which give the same events) on the first
+--fidelity-events light particles of the test split and is scored by
 ``expertsim.validation.validate`` as ``expertsim validate`` scores it: channel-WS with its
 interval, the matched floor, classifier AUC; then its relative difference from float32.
 
@@ -55,7 +62,8 @@ from expertsim import __version__
 
 BATCHES = {1: 1000, 100: 5000, 10_000: 10_000}  # batch -> particles per timed pass
 CHUNK = 256  # particles per ONNX Runtime call at the larger batches
-VARIANTS = ("float32", "bfloat16", "onnx")
+VARIANTS = ("unfolded", "float32", "bfloat16", "onnx")
+POOLED = ("float32", "bfloat16")  # the kinds also timed on worker processes
 # SOURCES.md, "Monte Carlo cost": Geant4 seconds per particle (low, high), quoted.
 GEANT4_SECONDS = {
     "ZN": {"n 100 GeV": (0.40, 0.70), "n 1 TeV": (4.7, 7.3), "2.5 TeV spectator": (10, 20)},
@@ -115,25 +123,37 @@ class _OnnxPath:
                 decode_pixels(image.reshape(len(image), -1))
 
 
-def _path(variant: str, model_path: str, export_dir: str | None, threads: int):
+def _path(variant: str, model_path: str, export_dir: str | None, threads: int, workers: int):
     """A function (raw conditions (B, 9), first output row) -> None that runs one batch."""
     if variant == "onnx":
         return _OnnxPath(export_dir, threads)
-    from expertsim.sampling import sample_rows
+    from expertsim.models.router import MixtureOfExperts
+    from expertsim.sampling import WORKER_BATCH, WorkerPool, sample_rows
     from expertsim.trained_model import TrainedModel
 
-    model = TrainedModel.load(model_path).set_precision(
-        "bfloat16" if variant == "bfloat16" else "float32")
+    MixtureOfExperts.fold_experts = variant != "unfolded"
+    precision = "bfloat16" if variant == "bfloat16" else "float32"
+    model = TrainedModel.load(model_path).set_precision(precision)
     gate = model.gate is not None
-    return lambda raw_B9, first_row: sample_rows(model, raw_B9, 0, first_row, gate)
+    if workers == 1:
+        return lambda raw_B9, first_row: sample_rows(model, raw_B9, 0, first_row, gate)
+    pool = WorkerPool(model, workers)
+
+    def pooled(raw_B9: np.ndarray, first_row: int) -> None:
+        step = min(WORKER_BATCH, -(-len(raw_B9) // workers))
+        for _ in pool.imap([(raw_B9[start:start + step], 0, first_row + start, gate)
+                            for start in range(0, len(raw_B9), step)]):
+            pass
+
+    return pooled
 
 
 def _measure(variant: str, model_path: str, export_dir: str | None, threads: int,
-             streams: dict[str, np.ndarray], repeats: int) -> dict:
-    """Child process: every (stream, batch) for one (variant, threads)."""
+             workers: int, streams: dict[str, np.ndarray], repeats: int) -> dict:
+    """Child process: every (stream, batch) for one (variant, threads, workers)."""
     torch.set_num_threads(threads)
     started = time.perf_counter()
-    run = _path(variant, model_path, export_dir, threads)
+    run = _path(variant, model_path, export_dir, threads, workers)
     for batch in (1, CHUNK):  # warm-up
         for start in range(0, 4 * batch, batch):
             run(streams["light"][start:start + batch], start)
@@ -149,8 +169,8 @@ def _measure(variant: str, model_path: str, export_dir: str | None, threads: int
                 return time.perf_counter() - t0
 
             seconds = statistics.median(one_pass() for _ in range(repeats))
-            rows.append({"variant": variant, "threads": threads, "stream": stream,
-                         "batch": batch, "particles": len(raw),
+            rows.append({"variant": variant, "threads": threads, "workers": workers,
+                         "stream": stream, "batch": batch, "particles": len(raw),
                          "events_per_s": len(raw) / seconds,
                          "ms_per_particle": 1e3 * seconds / len(raw)})
     for row in rows:
@@ -159,9 +179,32 @@ def _measure(variant: str, model_path: str, export_dir: str | None, threads: int
 
 
 def _in_child(*args) -> dict:
-    """_measure in a fresh spawned process (its own peak memory); its errors are raised here."""
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_measure, args)
+    """_measure in a fresh spawned process (its own peak memory); its errors are raised
+    here."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_child_main, args=(sender, *args))
+    child.start()
+    sender.close()
+    try:
+        ok, result = receiver.recv()
+    except EOFError:
+        ok, result = False, "the child process died without a result"
+    child.join()
+    if not ok:
+        raise RuntimeError(f"benchmark child {args[:5]} failed:\n{result}")
+    return result
+
+
+def _child_main(sender, *args) -> None:
+    import traceback
+
+    try:
+        result = (True, _measure(*args))
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises
+        result = (False, traceback.format_exc())
+    sender.send(result)
+    sender.close()
 
 
 def model_facts(model_path: str) -> dict:
@@ -169,15 +212,22 @@ def model_facts(model_path: str) -> dict:
 
     from expertsim.trained_model import TrainedModel
 
+    from expertsim.models.router import MixtureOfExperts
+
     model = TrainedModel.load(model_path)
     batch = 512
     z, c = torch.randn(batch, model.noise_dim), torch.randn(batch, 9)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model.mixture(z, c)
+    mflops = {}
+    for folded in (True, False):  # as the sampler runs the experts, and as trained
+        MixtureOfExperts.fold_experts = folded
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model.mixture(z, c)
+        mflops[folded] = counter.get_total_flops() / batch / 1e6
+    MixtureOfExperts.fold_experts = True
     return {"detector": model.detector.name, "n_experts": model.n_experts,
             "generator_channels": model.config.model.generator_channels,
-            "parameters": model.n_parameters,
-            "mflops_per_event": counter.get_total_flops() / batch / 1e6}
+            "parameters": model.n_parameters, "mflops_per_event": mflops[True],
+            "mflops_per_event_unfolded": mflops[False]}
 
 
 def fidelity(variant: str, model_path: str, export_dir: str | None, reference: Path,
@@ -193,8 +243,14 @@ def fidelity(variant: str, model_path: str, export_dir: str | None, reference: P
     if variant == "onnx":
         replica_to_file(export_dir, reference, generated, seed=0, gate=False)
     else:
-        sample_to_file(model_path, reference, generated, seed=0, gate=False, workers=0,
-                       precision="bfloat16" if variant == "bfloat16" else "float32")
+        from expertsim.models.router import MixtureOfExperts
+
+        MixtureOfExperts.fold_experts = variant != "unfolded"
+        try:
+            sample_to_file(model_path, reference, generated, seed=0, gate=False, workers=0,
+                           precision="bfloat16" if variant == "bfloat16" else "float32")
+        finally:
+            MixtureOfExperts.fold_experts = True
     report = validate([generated], reference, folder / "report", seed=0, plots=False)
     headline = report["headline"]
     return {"channel_ws": headline["ws_mean"], "channel_ws_ci95": headline["ws_mean_ci95"],
@@ -234,13 +290,16 @@ def benchmark_model(model_path: str, reference: str, args,
             print(f"  {name:<15} channel-WS {entry['fidelity'][name]['channel_ws']:.3f}, AUC "
                   f"{entry['fidelity'][name]['auc']:.3f} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
-            for threads in args.threads:
-                result = _in_child(kind, path, exports.get(path), threads, streams,
+            layouts = [(threads, 1) for threads in args.threads]
+            layouts += [(1, workers) for workers in args.workers if kind in POOLED]
+            for threads, workers in layouts:
+                result = _in_child(kind, path, exports.get(path), threads, workers, streams,
                                    args.repeats)
                 for row in result["rows"]:
                     row["variant"] = name
                 entry["results"] += result["rows"]
-                print(f"  {name:<15} threads={threads}: {result['seconds']:.0f} s", flush=True)
+                print(f"  {name:<15} {_layout(threads, workers)}: {result['seconds']:.0f} s",
+                      flush=True)
     reference_ws = entry["fidelity"][variants[0][0]]["channel_ws"]
     for numbers in entry["fidelity"].values():
         numbers["vs_unaccelerated"] = numbers["channel_ws"] / reference_ws - 1.0
@@ -265,6 +324,8 @@ def main() -> None:
                              "detector")
     parser.add_argument("--fidelity-events", type=int, default=20_000)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--workers", type=int, nargs="*", default=[2],
+                        help="worker-thread counts timed for the sampler's paths")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
                         help="of each --model; the first is the unaccelerated reference")
     parser.add_argument("--student-variants", nargs="+", default=["float32", "onnx"],
@@ -314,8 +375,10 @@ def main() -> None:
 
 def print_table(report: dict) -> None:
     for entry in report["models"]:
+        unfolded = entry.get("mflops_per_event_unfolded")
         print(f"\n{entry['model']}: {entry['detector']}, {entry['parameters']:,} parameters, "
-              f"{entry['mflops_per_event']:.2f} MFLOP/event; stream "
+              f"{entry['mflops_per_event']:.2f} MFLOP/event"
+              + (f" ({unfolded:.2f} unfolded)" if unfolded else "") + "; stream "
               f"{entry['stream_empty_fraction']:.0%} empty")
         students = {facts["model"]: (name.rsplit("-", 1)[0], facts)
                     for name, facts in entry["students"].items()}
@@ -330,20 +393,25 @@ def print_table(report: dict) -> None:
         _speed_table(entry, report["geant4_seconds_quoted"][entry["detector"]])
 
 
+def _layout(threads: int, workers: int) -> str:
+    return f"{threads} thread" + "s" * (threads > 1) if workers == 1 else f"{workers} workers"
+
+
 MATCHED = 0.05  # "matched fidelity": channel-WS within 5 % of the unaccelerated model's
 
 
 def _speed_table(entry: dict, geant4: dict) -> None:
     """Events per second, a row per (variant, threads), a column per (stream, batch)."""
     columns = [(stream, batch) for stream in ("stream", "light") for batch in BATCHES]
-    print(f"{'ev/s':<16}{'thr':>4}" + "".join(f"{f'{s} {b}':>13}" for s, b in columns)
+    print(f"{'ev/s':<16}{'layout':>12}" + "".join(f"{f'{s} {b}':>13}" for s, b in columns)
           + f"{'peak MB':>9}")
-    cells = {(r["variant"], r["threads"], r["stream"], r["batch"]): r for r in entry["results"]}
-    for variant, threads in dict.fromkeys((r["variant"], r["threads"])
-                                          for r in entry["results"]):
-        rows = [cells[(variant, threads, s, b)] for s, b in columns]
-        print(f"{variant:<16}{threads:>4}" + "".join(f"{r['events_per_s']:>13,.0f}"
-                                                      for r in rows)
+    cells = {(r["variant"], r["threads"], r.get("workers", 1), r["stream"], r["batch"]): r
+             for r in entry["results"]}
+    for variant, threads, workers in dict.fromkeys(
+            (r["variant"], r["threads"], r.get("workers", 1)) for r in entry["results"]):
+        rows = [cells[(variant, threads, workers, s, b)] for s, b in columns]
+        print(f"{variant:<16}{_layout(threads, workers):>12}"
+              + "".join(f"{r['events_per_s']:>13,.0f}" for r in rows)
               + f"{rows[0]['peak_rss_mb']:>9.0f}")
     for label, rows in (
             (f"best rate, light particles, channel-WS within {MATCHED:.0%}",
@@ -351,7 +419,7 @@ def _speed_table(entry: dict, geant4: dict) -> None:
               and abs(entry["fidelity"][r["variant"]]["vs_unaccelerated"]) <= MATCHED]),
             *((f"O2's mode ({variant}, 1 thread, batch 1, light)",
                [r for r in entry["results"] if r["variant"] == variant and r["threads"] == 1
-                and r["batch"] == 1 and r["stream"] == "light"])
+                and r.get("workers", 1) == 1 and r["batch"] == 1 and r["stream"] == "light"])
               for variant in dict.fromkeys(r["variant"] for r in entry["results"]
                                            if r["variant"].endswith("onnx")))):
         if rows:
@@ -360,7 +428,8 @@ def _speed_table(entry: dict, geant4: dict) -> None:
                                  f"{high * best['events_per_s']:,.0f}x"
                                  for name, (low, high) in geant4.items())
             print(f"{label}: {best['events_per_s']:,.0f} ev/s, {best['ms_per_particle']:.3f} "
-                  f"ms ({best['variant']}, {best['threads']} thr, batch {best['batch']}); "
+                  f"ms ({best['variant']}, {_layout(best['threads'], best.get('workers', 1))}"
+                  f", batch {best['batch']}); "
                   f"Geant4 (quoted) / this: {speedups}")
 
 

@@ -30,10 +30,10 @@ import numpy as np
 
 SETTINGS = {
     "default": [],
-    "1 process, 1 thread": ["--workers", "1", "--threads", "1"],
-    "1 process, 2 threads": ["--workers", "1", "--threads", "2"],
-    "2 processes, 1 thread each": ["--workers", "2"],
-    "2 processes, bfloat16": ["--workers", "2", "--precision", "bfloat16"],
+    "1 worker, 1 thread": ["--workers", "1", "--threads", "1"],
+    "1 worker, 2 intra-op threads": ["--workers", "1", "--threads", "2"],
+    "2 workers": ["--workers", "2"],
+    "2 workers, bfloat16": ["--workers", "2", "--precision", "bfloat16"],
 }
 
 

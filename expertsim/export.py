@@ -56,6 +56,7 @@ from expertsim.detector import channel_sums
 from expertsim.errors import ConfigError, ExpertSimError
 from expertsim.eventfile import CONDITION_COLUMNS, CONDITION_UNITS
 from expertsim.models.counting import N_SPLIT, nonempty_counts
+from expertsim.models.folded import FoldedExpert
 from expertsim.o2 import decode_pixels, hit_channel_sums, read_o2_scales
 from expertsim.provenance import file_sha256, make_provenance
 from expertsim.scaler import Scaler
@@ -115,14 +116,15 @@ def to_o2_order(image_BHW: torch.Tensor) -> torch.Tensor:
 
 
 class _ExpertBranch(torch.nn.Module):
-    """One expert's generator on every event it is given (traced into a branch)."""
+    """One expert's generator on every event it is given (traced into a branch), in its
+    inference form (expertsim.models.folded: the same function, ~2.3x fewer FLOPs)."""
 
     def __init__(self, generator, expert: int) -> None:
         super().__init__()
-        self.generator, self.expert = generator, expert
+        self.folded = FoldedExpert(generator, expert)
 
     def forward(self, noise: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
-        return self.generator.forward_expert(noise, conditions, self.expert)
+        return self.folded(noise, conditions)
 
 
 class _SkippingMixture(torch.nn.Module):

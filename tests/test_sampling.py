@@ -73,9 +73,9 @@ def test_same_seed_same_events_other_seed_other_events(model_file, zn_file, tmp_
 
 
 @pytest.mark.slow
-def test_worker_processes_write_the_events_of_one_process(model_file, zn_file, tmp_path):
-    """--workers 2: spawned single-threaded processes generate the batches; the file holds the
-    same events, experts and gate decisions as a single-process run."""
+def test_worker_threads_write_the_events_of_one_thread(model_file, zn_file, tmp_path):
+    """--workers 2: two worker threads generate the batches; the file holds the same events,
+    experts and gate decisions as a run in one thread, and the intra-op threads are restored."""
     one = sample_to_file(model_file, zn_file, tmp_path / "one.h5", seed=5, repeat=2)
     result = CliRunner().invoke(main, ["sample", "--model", str(model_file), "--conditions",
                                        str(zn_file), "-o", str(tmp_path / "two.h5"),
@@ -83,6 +83,15 @@ def test_worker_processes_write_the_events_of_one_process(model_file, zn_file, t
     assert result.exit_code == 0, result.output
     for key in ("images", "expert", "source_row", "conditions"):
         np.testing.assert_array_equal(read(one, key), read(tmp_path / "two.h5", key))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        three = sample_to_file(model_file, zn_file, tmp_path / "three.h5", seed=5, repeat=2,
+                               workers=3)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(read(one, "images"), read(three, "images"))
 
 
 def test_available_cores_respects_affinity_slurm_and_omp(monkeypatch):

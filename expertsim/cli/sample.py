@@ -5,10 +5,6 @@ from __future__ import annotations
 import click
 from tqdm import tqdm
 
-# default worker processes only from this many events: each worker's start (importing PyTorch,
-# loading the model) costs ~2 s
-WORKERS_FROM_ROWS = 20_000
-
 
 @click.command()
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
@@ -30,13 +26,13 @@ WORKERS_FROM_ROWS = 20_000
                    "one): particles it stops are written as empty events at the gate's cost "
                    "only. --no-gate gives every particle a response with light.")
 @click.option("--workers", default=None, type=click.IntRange(min=1),
-              help="Worker processes on a CPU, one thread each (default: the cores this job "
-                   "was given: its CPU affinity mask, capped by SLURM_CPUS_PER_TASK and "
-                   "OMP_NUM_THREADS; 1 for small jobs, which a worker's start would cost "
-                   "more than it saves). The events do not depend on it.")
+              help="Worker threads on a CPU, each running whole batches with single-threaded "
+                   "kernels (default: the cores this job was given: its CPU affinity mask, "
+                   "capped by SLURM_CPUS_PER_TASK and OMP_NUM_THREADS). The events do not "
+                   "depend on it.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
-              help="PyTorch CPU threads of a single-process run (--workers 1). Threads of one "
-                   "process wait for each other, so they lose to processes on a node shared "
+              help="PyTorch CPU threads inside each kernel, with --workers 1. They wait for "
+                   "each other at every operator, so they lose to workers on a node shared "
                    "with other jobs.")
 @click.option("--precision", default="float32", show_default=True,
               type=click.Choice(["float32", "bfloat16"]),
@@ -70,7 +66,7 @@ def sample(model_path, conditions_path, output, seed, repeat, shard_text, batch_
     first, stop = shard.bounds(len(read_conditions(conditions_path)[0]))
     n_rows = (stop - first) * repeat
     if workers is None:
-        workers = available_cores() if n_rows >= WORKERS_FROM_ROWS else 1
+        workers = available_cores()
     with tqdm(total=n_rows, unit="ev", desc="sample") as bar:
         sample_to_file(model_path, conditions_path, output, seed=seed, repeat=repeat,
                        shard=shard, batch_size=batch_size, workers=workers, precision=precision,

@@ -102,10 +102,8 @@ def centred_coordinates(feature_map: torch.Tensor, centre_B2: torch.Tensor,
     weights, not of their size."""
     batch, _, height, width = feature_map.shape
     rows, cols = image_shape
-    full_rows, full_cols = covered_shape
     options = {"dtype": feature_map.dtype, "device": feature_map.device}
-    row_grid = ((torch.arange(height, **options) + 0.5) * (full_rows / height)) * (2.0 / rows) - 1.0
-    col_grid = ((torch.arange(width, **options) + 0.5) * (full_cols / width)) * (2.0 / cols) - 1.0
+    row_grid, col_grid = cell_grids(height, width, image_shape, covered_shape, **options)
     # built channels-last (B, h, w, C) and returned as a (B, C, h, w) view of it: the layout
     # the generator's convolutions run fastest in on a CPU (ExpertConv2d.single)
     u = row_grid.view(1, height, 1, 1) - centre_B2[:, 0].view(batch, 1, 1, 1)
@@ -119,3 +117,14 @@ def centred_coordinates(feature_map: torch.Tensor, centre_B2: torch.Tensor,
         du2, dv2 = (u * (rows / 2.0)) ** 2, (v * (cols / 2.0)) ** 2  # fibres^2
         channels.append(torch.exp(-du2 * inverse) * torch.exp(-dv2 * inverse))
     return torch.cat(channels, dim=3).permute(0, 3, 1, 2)
+
+
+def cell_grids(height: int, width: int, image_shape: tuple[int, int],
+               covered_shape: tuple[int, int], **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """The row (height,) and column (width,) coordinates of the cells of a map covering
+    ``covered_shape`` pixels, in units of the image's half-size, 0 at the image centre."""
+    rows, cols = image_shape
+    full_rows, full_cols = covered_shape
+    row_grid = (torch.arange(height, **options) + 0.5) * (full_rows / height) * (2.0 / rows) - 1.0
+    col_grid = (torch.arange(width, **options) + 0.5) * (full_cols / width) * (2.0 / cols) - 1.0
+    return row_grid, col_grid

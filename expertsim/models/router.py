@@ -8,6 +8,7 @@ from torch import nn
 
 from expertsim.models.conditioning import N_CONDITIONS
 from expertsim.models.experts import ExpertGenerator
+from expertsim.models.folded import FoldedExpert
 
 
 class Router(nn.Module):
@@ -85,12 +86,20 @@ class MixtureOfExperts(nn.Module):
     exports to ONNX with a dynamic batch.
     """
 
+    # Eager inference runs FoldedExpert rewrites of the experts (same function up to float
+    # rounding, ~2.3x fewer FLOPs); False runs the layers as trained (benchmarks/production.py
+    # compares the two)
+    fold_experts = True
+
     def __init__(self, router: Router, generator: ExpertGenerator) -> None:
         super().__init__()
         self.router, self.generator = router, generator
         # Reduced precision of the experts' arithmetic in eager inference (None: float32);
         # the router always decides in float32. Set by TrainedModel.set_precision.
         self.expert_dtype: torch.dtype | None = None
+        # (weights' identity and versions, FoldedExpert per expert): rebuilt when the weights
+        # change; kept out of the module tree, so never in a state dict
+        self.__dict__["_folded"] = ((), [])
 
     def forward(self, z_BZ: torch.Tensor, c_BK: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,18 +111,38 @@ class MixtureOfExperts(nn.Module):
                 continue  # eager only: an exported graph must keep every branch
             with torch.autocast(z_BZ.device.type, dtype=self.expert_dtype or torch.bfloat16,
                                 enabled=self.expert_dtype is not None):
-                image_NHW = self.generator.forward_expert(z_BZ[index_N], c_BK[index_N], expert)
+                image_NHW = self._expert(expert)(z_BZ[index_N], c_BK[index_N])
             image_BHW = image_BHW.index_copy(0, index_N, image_NHW.to(image_BHW.dtype))
         return image_BHW, expert_B
+
+    def _expert(self, expert: int):
+        """Expert ``expert``'s generator as a function (z, c) -> image: its FoldedExpert in eager
+        inference (no gradients, eval mode, not tracing; fold_experts), forward_expert
+        otherwise."""
+        if (not self.fold_experts or torch.is_grad_enabled() or self.training
+                or torch.jit.is_tracing() or torch.jit.is_scripting()):
+            return lambda z_BZ, c_BK: self.generator.forward_expert(z_BZ, c_BK, expert)
+        key = tuple((p.data_ptr(), p._version) for p in self.generator.parameters())
+        if self._folded[0] != key:
+            self.__dict__["_folded"] = (key, [FoldedExpert(self.generator, e)
+                                             for e in range(self.generator.n_experts)])
+        return self._folded[1][expert]
 
     @torch.inference_mode()
     def generate(self, z_BZ: torch.Tensor, c_BK: torch.Tensor, chunk_size: int | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """forward() in chunks of ``chunk_size`` events, so that large batches stay cache-sized:
-        on a 2-core CPU a ZN model ran 10,000 events at 1,220 ev/s in one pass, 4,000 ev/s
-        in chunks of 256. None: 256 on a CPU, 16,384 on a GPU (which wants far larger ones)."""
+        """forward() in chunks of ``chunk_size`` events (None: :meth:`chunk_size`)."""
         if chunk_size is None:
-            chunk_size = 256 if z_BZ.device.type == "cpu" else 16384
+            chunk_size = self.chunk_size(z_BZ.device)
         parts = [self(z_BZ[i:i + chunk_size], c_BK[i:i + chunk_size])
                  for i in range(0, z_BZ.shape[0], chunk_size)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    @staticmethod
+    def chunk_size(device: torch.device | str) -> int:
+        """Events per forward() in inference: on a CPU 512, so that the experts' maps stay
+        cache-sized (a ZN model ran 10,000 events at 1,220 ev/s in one pass, 4,000 ev/s in
+        chunks of 256; with FoldedExpert, bfloat16 and two threads, chunks of 512 gave ~9,300
+        ev/s against ~8,000 for 256, one noisy run each); on a GPU 16,384 (it wants far
+        larger ones)."""
+        return 512 if torch.device(device).type == "cpu" else 16384
