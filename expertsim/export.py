@@ -117,7 +117,7 @@ def to_o2_order(image_BHW: torch.Tensor) -> torch.Tensor:
 
 class _ExpertBranch(torch.nn.Module):
     """One expert's generator on every event it is given (traced into a branch), in its
-    inference form (expertsim.models.folded: the same function, ~2.3x fewer FLOPs)."""
+    inference form (expertsim.models.folded: the same function, ~2.5x fewer FLOPs)."""
 
     def __init__(self, generator, expert: int) -> None:
         super().__init__()

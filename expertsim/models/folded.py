@@ -1,4 +1,4 @@
-"""One expert of an ExpertGenerator rewritten for inference: the same function, ~2.3x fewer
+"""One expert of an ExpertGenerator rewritten for inference: the same function, ~2.5x fewer
 FLOPs and no channel concatenation.
 
 Two exact identities of the generator's layers (ExpertGenerator._draw), used together:
@@ -19,7 +19,8 @@ Two exact identities of the generator's layers (ExpertGenerator._draw), used tog
   of (rows x 3 R) by (3 R x columns x C_out) instead of 9 R multiply-adds per output pixel
   and channel, and the channels are never built or concatenated.
 
-For a 16-channel ZN expert with radial conditioning: 6.3 -> 2.7 million multiply-adds an event.
+For a 16-channel ZN expert with radial conditioning: 12.6 -> 5.1 MFLOP an event (PyTorch's
+FLOP counter, benchmarks/production.py).
 The outputs equal ExpertGenerator.forward_expert's up to float rounding
 (tests/test_folded.py). Built from the generator's weights at one moment: inference only
 (MixtureOfExperts rebuilds it when the weights change).

@@ -87,7 +87,7 @@ class MixtureOfExperts(nn.Module):
     """
 
     # Eager inference runs FoldedExpert rewrites of the experts (same function up to float
-    # rounding, ~2.3x fewer FLOPs); False runs the layers as trained (benchmarks/production.py
+    # rounding, ~2.5x fewer FLOPs); False runs the layers as trained (benchmarks/production.py
     # compares the two)
     fold_experts = True
 
