@@ -25,10 +25,11 @@ Speed. Events per second at batch 1 / 100 / 10,000 on 1 and 2 threads (PyTorch i
 threads; ONNX Runtime intra-op threads) and, for the sampler's float32 and bfloat16 paths, on
 --workers worker threads with single-threaded kernels (``expertsim sample``'s layout on a
 multi-core job, ``expertsim.sampling.WorkerPool``: the batch is cut into tasks of at most
-WORKER_BATCH rows, as the sampler cuts it), on two particle streams from the reference's test
+WORKER_BATCH rows, and a smaller batch into one task per worker, which the sampler would run
+in one thread), on two particle streams from the reference's test
 split: ``stream``, the particles in file order, empty responses included (the gate decides;
 what a generator job sees) and ``light``, the particles whose Monte Carlo response has light
-(photon sum >= 1). Each (variant, threads) runs in its own spawned process (its peak memory is
+(photon sum >= 1). Each (variant, layout) runs in its own spawned process (its peak memory is
 its own, VmHWM); median of --repeats timed passes after a warm-up. The file writing of
 ``expertsim sample`` is not included (benchmarks/shared_node.py times whole processes).
 
@@ -36,7 +37,8 @@ Fidelity. Each variant generates once (seed 0; float32 and bfloat16 share noise 
 uniforms; so do the worker layouts, which give the same events) on the first
 --fidelity-events light particles of the test split and is scored by
 ``expertsim.validation.validate`` as ``expertsim validate`` scores it: channel-WS with its
-interval, the matched floor, classifier AUC; then its relative difference from float32.
+interval, the matched floor, classifier AUC; then its relative difference from the first
+variant's (``unfolded`` by default).
 
 Last, the Geant4 seconds per particle quoted in SOURCES.md (not measured here) times each
 rate: how many times faster than full simulation.
@@ -63,7 +65,7 @@ from expertsim import __version__
 BATCHES = {1: 1000, 100: 5000, 10_000: 10_000}  # batch -> particles per timed pass
 CHUNK = 256  # particles per ONNX Runtime call at the larger batches
 VARIANTS = ("unfolded", "float32", "bfloat16", "onnx")
-POOLED = ("float32", "bfloat16")  # the kinds also timed on worker processes
+POOLED = ("float32", "bfloat16")  # the kinds also timed on worker threads
 # SOURCES.md, "Monte Carlo cost": Geant4 seconds per particle (low, high), quoted.
 GEANT4_SECONDS = {
     "ZN": {"n 100 GeV": (0.40, 0.70), "n 1 TeV": (4.7, 7.3), "2.5 TeV spectator": (10, 20)},
@@ -179,32 +181,9 @@ def _measure(variant: str, model_path: str, export_dir: str | None, threads: int
 
 
 def _in_child(*args) -> dict:
-    """_measure in a fresh spawned process (its own peak memory); its errors are raised
-    here."""
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_child_main, args=(sender, *args))
-    child.start()
-    sender.close()
-    try:
-        ok, result = receiver.recv()
-    except EOFError:
-        ok, result = False, "the child process died without a result"
-    child.join()
-    if not ok:
-        raise RuntimeError(f"benchmark child {args[:5]} failed:\n{result}")
-    return result
-
-
-def _child_main(sender, *args) -> None:
-    import traceback
-
-    try:
-        result = (True, _measure(*args))
-    except BaseException:  # noqa: BLE001 - reported to the parent, which raises
-        result = (False, traceback.format_exc())
-    sender.send(result)
-    sender.close()
+    """_measure in a fresh spawned process (its own peak memory); its errors are raised here."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_measure, args)
 
 
 def model_facts(model_path: str) -> dict:
