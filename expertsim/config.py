@@ -165,6 +165,11 @@ class TrainConfig:
     gumbel_temperature_min: float = 0.5
     gumbel_anneal: float = 1.0  # temperature *= anneal each epoch, down to the minimum
     router_warm_start_steps: int = 0  # steps fitting the router to the intensity groups
+    # Shared start: for this many steps every expert is one generator/discriminator pair
+    # trained on all events (expert 0, copied to the others after each step, each expert's
+    # learning rate scaled by 1/E when optim.scale_lr_by_routed_fraction), and the router
+    # fits the intensity groups; then the experts specialise (0 = off, as published)
+    shared_start_steps: int = 0
     # Balanced routing: after each step the router's logit bias moves by this much towards
     # the experts routed less than 1/E of the batch (0 = off, as published)
     balance_rate: float = 0.0
@@ -190,6 +195,7 @@ class TrainConfig:
         if self.max_steps is not None:
             _positive("train", max_steps=self.max_steps)
         _non_negative("train", router_warm_start_steps=self.router_warm_start_steps,
+                      shared_start_steps=self.shared_start_steps,
                       balance_rate=self.balance_rate)
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")

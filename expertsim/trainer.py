@@ -450,22 +450,50 @@ class Trainer:
         discriminator = self.discriminator_step(events, routing)
         aux_loss = self.aux_step(events)
         generator = self.generator_step(events, routing)
-        if self.step < self.config.train.router_warm_start_steps:
+        shared = self.shared_start()
+        if shared:
+            self._copy_expert_zero()
+        if shared or self.step < self.config.train.router_warm_start_steps:
             router = self.router_warm_start_step(routing.logits_BE, events.group_B)
         else:
             router = self.router_step(routing, generator)
-        if self.config.train.balance_rate > 0:
+        if self.config.train.balance_rate > 0 and not shared:
             self.router.rebalance(routing.count_E / routing.count_E.sum(),
                                   self.config.train.balance_rate)
         return StepResult(discriminator, generator, router, aux_loss, routing.count_E)
+
+    def shared_start(self) -> bool:
+        """Whether this step belongs to the shared start (train.shared_start_steps): every
+        event is drawn and judged by expert 0, whose weights every expert then takes."""
+        return self.n_experts > 1 and self.step < self.config.train.shared_start_steps
+
+    @torch.no_grad()
+    def _copy_expert_zero(self) -> None:
+        """Give every expert expert 0's generator and discriminator weights, weight average
+        and Adam moments, so that the experts leave the shared start as equal copies (and
+        the model validated during it draws every event with the shared weights)."""
+        modules = [self.generator, self.discriminator]
+        if self.generator_ema is not None:
+            modules.append(self.generator_ema)
+        tensors = [parameter for module in modules for parameter in module.parameters()]
+        for optimizer in (self.opt_generator, self.opt_discriminator):
+            for state in optimizer.state.values():
+                tensors += [state[key] for key in ("exp_avg", "exp_avg_sq") if key in state]
+        for tensor in tensors:
+            tensor[1:] = tensor[:1]
 
     def _route(self, events: DeviceBatch, local_batch: int) -> Routing:
         z1_BZ, z2_BZ, gumbel_BE, uniform_BHW, uniform2_BHW = self._noise(local_batch)
         logits_BE = self.router(events.c_BK)
         gates_BE, probs_BE = gumbel_route(logits_BE, gumbel_BE, self.temperature)
         mask_BE = gates_BE.detach()
+        if self.shared_start():
+            mask_BE = torch.zeros_like(mask_BE)
+            mask_BE[:, 0] = 1
         count_E = all_reduce_sum(mask_BE.sum(dim=0), self.context)
         fraction_E = count_E / count_E.sum()
+        if self.shared_start():  # the rate each expert gets at balanced routing
+            fraction_E = torch.full_like(fraction_E, 1.0 / self.n_experts)
         scale_E = (fraction_E if self.config.optim.scale_lr_by_routed_fraction
                    else torch.ones_like(fraction_E))
         return Routing(z1_BZ, z2_BZ, logits_BE, gates_BE, probs_BE, mask_BE,

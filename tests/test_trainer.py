@@ -192,6 +192,42 @@ def test_multithreaded_training_is_reproducible(zn_file, tmp_path):
         assert torch.equal(tensor, runs[1][key]), key
 
 
+def test_shared_start_trains_one_pair_then_lets_the_experts_part(zn_file, tmp_path):
+    """train.shared_start_steps: during the shared start every event goes to expert 0 at
+    1/E of the learning rate and every expert leaves each step with expert 0's weights and
+    Adam moments; after it the router's experts train apart and stop being equal."""
+    trainer = Trainer(tiny_config(zn_file, tmp_path, shared_start_steps=2, ema_decay=0.9))
+    batches = iter(trainer.loader)
+    before = trainer.generator.conv1.weight.detach().clone()
+    for step in range(2):
+        result = trainer.train_step(next(batches))
+        trainer.step += 1
+        assert result.count_E.tolist() == [64, 0, 0]
+    moved = trainer.generator.conv1.weight.detach()
+    assert not torch.equal(moved[0], before[0])
+    tied = [*trainer.generator.parameters(), *trainer.discriminator.parameters(),
+            *trainer.generator_ema.parameters()]
+    for state in trainer.opt_generator.state.values():
+        tied += [state["exp_avg"], state["exp_avg_sq"]]
+    for tensor in tied:
+        assert torch.equal(tensor[1], tensor[0]) and torch.equal(tensor[2], tensor[0])
+    result = trainer.train_step(next(batches))
+    assert (result.count_E > 0).sum() >= 2, result.count_E
+    weight = trainer.generator.conv1.weight.detach()
+    assert not torch.equal(weight[0], weight[1]) or not torch.equal(weight[0], weight[2])
+
+
+def test_shared_start_runs_at_the_balanced_learning_rate(zn_file, tmp_path):
+    """The first Adam step moves a weight by about lr (its update is +-1 times lr): in the
+    shared start expert 0 moves by lr / E, as each expert would at balanced routing."""
+    trainer = Trainer(tiny_config(zn_file, tmp_path, shared_start_steps=1))
+    before = trainer.generator.conv_out.bias.detach().clone()
+    trainer.train_step(next(iter(trainer.loader)))
+    step = (trainer.generator.conv_out.bias.detach() - before)[0].abs().max().item()
+    lr = trainer.config.optim.lr_generator
+    assert step == pytest.approx(lr / 3, rel=1e-3)
+
+
 @pytest.mark.slow
 def test_balanced_routing_keeps_every_expert_alive(zn_file, tmp_path):
     """A router pushed to send nearly everything to expert 0 (a collapsed mixture): with
