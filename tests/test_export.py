@@ -187,6 +187,31 @@ def test_failed_check_writes_nothing(exported, tmp_path, monkeypatch):
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_check_compares_the_runtimes_on_equal_inputs_and_checks_the_scales(exported, tmp_path):
+    """The runtimes are compared on the same scaled conditions, and the scales files, applied
+    as O2 applies them, must reproduce that scaling: a mean off by 1e-3 of its scale in the
+    written file fails the check on the scaling alone."""
+    import shutil
+
+    from expertsim.export import SCALING_TOLERANCE, check_export
+
+    model, folder, _ = exported
+    trained = TrainedModel.load(model)
+    good = check_export(folder, trained, n_events=50)
+    assert good.passed and good.max_scaling_difference <= 1e-6
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    means, scales = parse_o2_scales(broken / "scales.txt")
+    means[3] += 1e-3 * scales[3]
+    (broken / "scales.txt").write_text("\n".join(
+        ["#means", *map(repr, means.tolist()), "", "#scales", *map(repr, scales.tolist())]) + "\n")
+    bad = check_export(broken, trained, n_events=50)
+    assert not bad.passed
+    assert bad.max_scaling_difference == pytest.approx(1e-3, rel=1e-2)
+    assert bad.max_scaling_difference > SCALING_TOLERANCE
+    assert bad.max_abs_log_difference == good.max_abs_log_difference
+
+
 def test_export_of_a_missing_or_foreign_model_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(main, ["export", "--model", str(tmp_path / "none.pt"), "-o",
                                        str(tmp_path / "out")])
