@@ -269,8 +269,8 @@ def check_export(export_dir: str | os.PathLike, model: TrainedModel, *,
     mean, scale = model.scaler.mean, model.scaler.scale
     raw_N9 = mean + scale * rng.standard_normal((n_events, len(mean)))
     noise_NZ = rng.standard_normal((n_events, model.noise_dim)).astype(np.float32)
-    scaled_t = model.scale(raw_N9)
-    scaled_N9 = np.asarray(scaled_t, dtype=np.float32)
+    scaled_t_N9 = model.scale(raw_N9)
+    scaled_N9 = scaled_t_N9.cpu().numpy().astype(np.float32)  # the model may sit on a GPU
     scaling = max(float(np.abs(_o2_scaled(raw_N9, export_dir / name) - scaled_N9).max())
                   for name in ("scales.txt", "classifier_scales.txt"))
     session = onnx_session(export_dir / "model.onnx")
@@ -279,7 +279,7 @@ def check_export(export_dir: str | os.PathLike, model: TrainedModel, *,
                                 INPUT_NAMES[1]: scaled_N9[i:i + CHECK_CHUNK]})
              for i in range(0, n_events, CHECK_CHUNK)]
     image_NWH, expected_NWH = (np.concatenate([part[j] for part in parts]) for j in (0, 1))
-    torch_NHW, expert_N = model.generate(torch.from_numpy(noise_NZ), scaled_t)
+    torch_NHW, expert_N = model.generate(torch.from_numpy(noise_NZ), scaled_t_N9)
     torch_NHW = torch_NHW.cpu().numpy()
     if expected_NWH.shape != torch_NHW.transpose(0, 2, 1).shape:
         raise ExportCheckError(f"{export_dir}: ONNX output shape {expected_NWH.shape}, "
@@ -295,7 +295,7 @@ def check_export(export_dir: str | os.PathLike, model: TrainedModel, *,
         max_decoding_error=counting.get("max_decoding_error"),
         max_channel_difference=counting.get("max_channel_difference"),
         photon_sum_z=counting.get("photon_sum_z"),
-        **_check_classifier(export_dir, model, raw_N9, scaled_N9),
+        **_check_classifier(export_dir, model, scaled_t_N9),
         mean_photon_sum=float(expected_sum_N.mean()),
         events_per_expert=np.bincount(expert_N.cpu().numpy(),
                                       minlength=model.n_experts).tolist())
@@ -317,13 +317,13 @@ def _check_counting(image_NWH: np.ndarray, expected_sum_N: np.ndarray, detector:
             "photon_sum_z": float(z)}
 
 
-def _check_classifier(export_dir: Path, model: TrainedModel, raw_N9: np.ndarray,
-                      scaled_N9: np.ndarray) -> dict[str, float]:
+def _check_classifier(export_dir: Path, model: TrainedModel, scaled_t_N9: torch.Tensor
+                      ) -> dict[str, float]:
     from expertsim.gate import gate_probability
 
     drawn_N1, probability_N1 = onnx_session(export_dir / "classifier.onnx").run(None, {
-        CLASSIFIER_INPUT_NAMES[0]: scaled_N9})
-    reference_N = gate_probability(model.gate, model.scale(raw_N9))
+        CLASSIFIER_INPUT_NAMES[0]: scaled_t_N9.cpu().numpy().astype(np.float32)})
+    reference_N = gate_probability(model.gate, scaled_t_N9)
     p = probability_N1[:, 0].astype(np.float64)
     spread = math.sqrt(max(float((p * (1 - p)).sum()), 1e-12))
     return {"max_abs_probability_difference": float(np.abs(p - reference_N).max()),

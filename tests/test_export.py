@@ -193,7 +193,8 @@ def test_check_compares_the_runtimes_on_equal_inputs_and_checks_the_scales(expor
     written file fails the check on the scaling alone."""
     import shutil
 
-    from expertsim.export import SCALING_TOLERANCE, check_export
+    from expertsim.export import SCALING_TOLERANCE, check_export, write_scales_file
+    from expertsim.scaler import Scaler
 
     model, folder, _ = exported
     trained = TrainedModel.load(model)
@@ -203,8 +204,7 @@ def test_check_compares_the_runtimes_on_equal_inputs_and_checks_the_scales(expor
     shutil.copytree(folder, broken)
     means, scales = parse_o2_scales(broken / "scales.txt")
     means[3] += 1e-3 * scales[3]
-    (broken / "scales.txt").write_text("\n".join(
-        ["#means", *map(repr, means.tolist()), "", "#scales", *map(repr, scales.tolist())]) + "\n")
+    write_scales_file(broken / "scales.txt", Scaler(means, scales))
     bad = check_export(broken, trained, n_events=50)
     assert not bad.passed
     assert bad.max_scaling_difference == pytest.approx(1e-3, rel=1e-2)
