@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from expertsim.models import ExpertGenerator, MixtureOfExperts, Router
 from expertsim.models.folded import (FoldedExpert, add_rank_one_conv_, phase_kernels,
-                                     upsampled_conv)
+                                     rank_one_kernel, single_output_conv, upsampled_conv)
 
 
 @pytest.mark.parametrize("small", [(11, 11), (14, 8), (1, 1)])
@@ -27,7 +27,7 @@ def test_rank_one_channels_convolve_as_a_matrix_product_with_zero_padding():
     images = rows[:, :, :, None] * cols[:, :, None, :]  # (B, R, H, W)
     expected = F.conv2d(images, weight, padding=1).permute(0, 2, 3, 1)
     start = torch.randn(2, 6, 9, 3)
-    ours = add_rank_one_conv_(start.clone(), rows, cols, weight, (6, 9))
+    ours = add_rank_one_conv_(start.clone(), rows, cols, rank_one_kernel(weight), (6, 9))
     torch.testing.assert_close(ours, start + expected, rtol=1e-5, atol=1e-5)
 
 
@@ -67,3 +67,13 @@ def test_the_mixture_refolds_after_its_weights_change_and_saves_no_copy():
     torch.testing.assert_close(after, reference, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(after, before)
     assert not any("kernel" in key or "folded" in key for key in mixture.state_dict())
+
+
+@pytest.mark.parametrize("shape", [(44, 44), (56, 30), (1, 1)])
+def test_the_single_output_convolution_equals_conv2d(shape):
+    torch.manual_seed(4)
+    h, weight, bias = torch.randn(3, *shape, 5), torch.randn(1, 5, 3, 3), torch.randn(1)
+    expected = F.conv2d(h.permute(0, 3, 1, 2), weight, bias, padding=1).permute(0, 2, 3, 1)
+    taps = weight[0].permute(1, 2, 0).reshape(9, 5)
+    torch.testing.assert_close(single_output_conv(h, taps, bias), expected, rtol=1e-5,
+                               atol=1e-5)

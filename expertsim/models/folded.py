@@ -17,10 +17,18 @@ Two exact identities of the generator's layers (ExpertGenerator._draw), used tog
   padded), so a 3x3 convolution of those channels is sum over channels and kernel rows of
   f(row + dy) times (the kernel row applied to g along the columns): a batched matrix product
   of (rows x 3 R) by (3 R x columns x C_out) instead of 9 R multiply-adds per output pixel
-  and channel, and the channels are never built or concatenated.
+  and channel, and the channels are never built or concatenated. The right-hand factor is
+  itself one matrix product (the shifted column factors by a block-diagonal arrangement of
+  the kernel, rank_one_kernel), laid out so that no permuted copy is made.
 
-For a 16-channel ZN expert with radial conditioning: 12.6 -> 5.1 MFLOP an event (PyTorch's
-FLOP counter, benchmarks/production.py).
+The output convolution (C channels to one) runs in eager inference as one matrix product to
+the nine taps' planes and eight shifted additions (single_output_conv); oneDNN's convolution
+to a single channel was the slowest layer per FLOP. A traced graph keeps the Conv (one
+operator for ONNX Runtime).
+
+For a 16-channel ZN expert with radial conditioning: 12.6 -> 5.7 MFLOP an event (PyTorch's
+FLOP counter, benchmarks/production.py; 5.1 before the block-diagonal product, whose zeros
+cost less time than the permuted copy they replaced).
 The outputs equal ExpertGenerator.forward_expert's up to float rounding
 (tests/test_folded.py). Built from the generator's weights at one moment: inference only
 (MixtureOfExperts rebuilds it when the weights change).
@@ -77,31 +85,68 @@ def upsampled_conv(h_BChw: torch.Tensor, kernel_4OC22: torch.Tensor, bias_4O: to
     return out.view(-1, 2 * height, 2 * width, out_channels)
 
 
+def rank_one_kernel(weight_OR33: torch.Tensor) -> torch.Tensor:
+    """The (3 R, O 3 R) matrix that add_rank_one_conv_ multiplies the column factors by:
+    [(r', k), (o, r, j)] = weight[o, r, j, k] where r' = r, zero otherwise (block diagonal in
+    the channel, so that one matrix product gives every channel's kernel rows at once)."""
+    out_channels, extra = weight_OR33.shape[:2]
+    eye_RR = torch.eye(extra, dtype=weight_OR33.dtype, device=weight_OR33.device)
+    # [r', k, o, r, j] = eye[r', r] weight[o, r, j, k]
+    kernel = eye_RR[:, None, None, :, None] * weight_OR33.permute(3, 0, 1, 2)[None]
+    return kernel.reshape(3 * extra, out_channels * 3 * extra).contiguous()
+
+
 def add_rank_one_conv_(y_BHWO: torch.Tensor, rows_BRH: torch.Tensor, cols_BRW: torch.Tensor,
-                       weight_OR33: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+                       kernel: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Adds to the contiguous (B, H, W, O) y, ``size`` = (H, W) given as numbers (in place,
     returned; a new tensor when traced) the 3x3 convolution (zero padding 1, no bias) of the
-    R channels rows_r(y) cols_r(x)."""
-    out_channels, extra = weight_OR33.shape[:2]
+    R channels rows_r(y) cols_r(x), whose weights rank_one_kernel gave as ``kernel``.
+
+    With K = (r, j): y[b, Y, (X, o)] += sum_K rows_r(Y + j - 1) A[b, K, (X, o)], where
+    A[b, (r, j), (X, o)] = sum_k cols_r(X + k - 1) weight[o, r, j, k] is one matrix product
+    of the shifted column factors (B W, 3 R) by ``kernel``, laid out as A transposed (no
+    permuted copy; the batched product reads it as a transposed operand)."""
     height, width = size
-    rows_BRH3 = _shifted(rows_BRH, height)  # [b, r, y, j] = rows_r(y + j - 1)
-    cols_BRW3 = _shifted(cols_BRW, width)
-    along_BRjWO = torch.einsum("brxk,orjk->brjxo", cols_BRW3, weight_OR33)
-    left_BHK = rows_BRH3.permute(0, 2, 1, 3).reshape(-1, height, 3 * extra)
-    y_BHK = y_BHWO.view(-1, height, width * out_channels)
-    left_BHK = left_BHK.to(y_BHK.dtype)
-    right_BKV = along_BRjWO.reshape(-1, 3 * extra, width * out_channels).to(y_BHK.dtype)
+    extra = rows_BRH.shape[1]
+    out_channels = kernel.shape[1] // (3 * extra)
+    left_BHK = _shifted(rows_BRH, height).reshape(-1, height, 3 * extra)
+    cols_XK = _shifted(cols_BRW, width).reshape(-1, 3 * extra)
+    y_BHV = y_BHWO.view(-1, height, width * out_channels)
+    cols_XK = cols_XK.to(y_BHV.dtype)
+    along_BVK = torch.mm(cols_XK, kernel.to(y_BHV.dtype)).view(-1, width * out_channels,
+                                                                3 * extra)
+    left_BHK = left_BHK.to(y_BHV.dtype)
     if torch.jit.is_tracing():
-        return (y_BHK + torch.bmm(left_BHK, right_BKV)).view(-1, height, width, out_channels)
-    y_BHK.baddbmm_(left_BHK, right_BKV)
+        return (y_BHV + torch.bmm(left_BHK, along_BVK.transpose(1, 2))).view(
+            -1, height, width, out_channels)
+    y_BHV.baddbmm_(left_BHK, along_BVK.transpose(1, 2))
     return y_BHWO
 
 
 def _shifted(factor_BRL: torch.Tensor, length: int) -> torch.Tensor:
-    """(B, R, L) -> (B, R, L, 3): [..., x, k] = factor(x + k - 1), zero outside (unfold's
+    """(B, R, L) -> (B, L, R, 3): [b, x, r, k] = factor_r(x + k - 1), zero outside (unfold's
     result, written with slices: ONNX has no unfold of a dynamic length)."""
-    padded = F.pad(factor_BRL, (1, 1))
-    return torch.stack([padded[:, :, k:k + length] for k in range(3)], dim=3)
+    padded_BLR = F.pad(factor_BRL, (1, 1)).transpose(1, 2)
+    return torch.stack([padded_BLR[:, k:k + length] for k in range(3)], dim=3)
+
+
+def single_output_conv(h_BHWC: torch.Tensor, taps_9C: torch.Tensor, bias_1: torch.Tensor
+                       ) -> torch.Tensor:
+    """The 3x3 convolution (zero padding 1) of the contiguous (B, H, W, C) map h to one
+    output channel, as (B, H, W, 1) float32: one matrix product gives the nine taps' channel
+    sums of every pixel, then each tap's plane is added shifted. oneDNN's convolution to one
+    channel ran at a few GFLOP/s here (the same time with 16 output channels: not the
+    arithmetic): 24 us a ZN event in bfloat16, 44 in float32, against ~17-19 and ~14 this way
+    (one thread, 256 events)."""
+    batch, height, width, channels = h_BHWC.shape
+    planes = torch.mm(taps_9C.to(h_BHWC.dtype), h_BHWC.reshape(-1, channels).t())
+    planes = planes.view(9, batch, height, width)
+    out = planes[4].float() + bias_1.float()
+    for tap in (0, 1, 2, 3, 5, 6, 7, 8):  # output (y, x) reads (y + dy, x + dx)
+        dy, dx = tap // 3 - 1, tap % 3 - 1
+        out[:, max(0, -dy):height - max(0, dy), max(0, -dx):width - max(0, dx)] += planes[
+            tap, :, max(0, dy):height + min(0, dy), max(0, dx):width + min(0, dx)]
+    return out.unsqueeze(3)
 
 
 class FoldedExpert(nn.Module):
@@ -118,12 +163,15 @@ class FoldedExpert(nn.Module):
             self.register_buffer("kernel1", phase_kernels(w1[:, :self.n_main[0]]))
             self.register_buffer("kernel2", phase_kernels(w2[:, :self.n_main[1]]))
             self.register_buffer("kernel3", w3[:, :self.n_main[2]].contiguous())
-            self.register_buffer("extra1", w1[:, self.n_main[0]:].contiguous())
-            self.register_buffer("extra2", w2[:, self.n_main[1]:].contiguous())
-            self.register_buffer("extra3", w3[:, self.n_main[2]:].contiguous())
+            self.register_buffer("extra1", rank_one_kernel(w1[:, self.n_main[0]:]))
+            self.register_buffer("extra2", rank_one_kernel(w2[:, self.n_main[1]:]))
+            self.register_buffer("extra3", rank_one_kernel(w3[:, self.n_main[2]:]))
             self.register_buffer("bias1", generator.conv1.bias[expert].detach().repeat(4))
             self.register_buffer("bias2", generator.conv2.bias[expert].detach().repeat(4))
             self.register_buffer("bias3", generator.conv_out.bias[expert].detach().clone())
+            # the output convolution's taps (3 j + k, C): single_output_conv
+            self.register_buffer("taps3", self.kernel3[0].permute(1, 2, 0).reshape(9, -1)
+                                 .contiguous())
 
     def forward(self, z_BZ: torch.Tensor, c_BK: torch.Tensor) -> torch.Tensor:
         generator, expert = self.generator, self.expert
@@ -139,21 +187,26 @@ class FoldedExpert(nn.Module):
         h = F.leaky_relu(self._add_extra_(y, centre_B2, self.extra1, middle), 0.2, inplace=True)
         y = upsampled_conv(h.permute(0, 3, 1, 2), self.kernel2, self.bias2, middle)
         h = F.leaky_relu(self._add_extra_(y, centre_B2, self.extra2, canvas), 0.2, inplace=True)
-        layout = torch.channels_last
-        y = F.conv2d(h.permute(0, 3, 1, 2).contiguous(memory_format=layout),
-                     self.kernel3.contiguous(memory_format=layout), self.bias3, padding=1)
-        y = self._add_extra_(y.permute(0, 2, 3, 1).contiguous(), centre_B2, self.extra3, canvas)
+        if torch.jit.is_tracing():  # one operator for ONNX Runtime
+            layout = torch.channels_last
+            y = F.conv2d(h.permute(0, 3, 1, 2).contiguous(memory_format=layout),
+                         self.kernel3.contiguous(memory_format=layout), self.bias3, padding=1)
+            y = y.permute(0, 2, 3, 1).contiguous()
+        else:
+            y = single_output_conv(h, self.taps3, self.bias3)
+        with torch.autocast(y.device.type, enabled=False):  # one channel: float32 is cheap
+            y = self._add_extra_(y, centre_B2, self.extra3, canvas)
         rows, cols = generator.image_shape
         return F.relu(y[:, :rows, :cols, 0])
 
     def _add_extra_(self, y_BHWO: torch.Tensor, centre_B2: torch.Tensor | None,
-                    weight_OR33: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+                    kernel: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Adds to y (in place) the convolution of the extra channels centred_coordinates
-        would append to a map of ``size``."""
+        would append to a map of ``size`` (``kernel``: their rank_one_kernel)."""
         if centre_B2 is None:
             return y_BHWO
         rows_BRH, cols_BRW = self._factors(centre_B2, *size)
-        return add_rank_one_conv_(y_BHWO, rows_BRH, cols_BRW, weight_OR33, size)
+        return add_rank_one_conv_(y_BHWO, rows_BRH, cols_BRW, kernel, size)
 
     def _factors(self, centre_B2: torch.Tensor, height: int, width: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
