@@ -29,7 +29,9 @@ metrics.json (schema_version 4):
     uncertainty: method, n_draws, se (model, floor, ratio), disjoint_quarters_se,
         generation_std
     paired: per particle, generated vs MC B and MC A vs MC B: median centroid distance and
-        median width difference (fibres), their ratio, n (non-empty pairs)
+        median width difference (fibres), their ratio, n (non-empty pairs); with two or more
+        generations also centroid_spread and width_spread: generation 1 vs generation 2 of
+        the same particle against MC A vs MC B (added in schema_version 4, December 2026)
     photon_sum: wasserstein (photons), ks; fraction_empty: generated, reference;
         mean_photon_sum: generated (pooled over generations), generated_se, reference
     headline_non_empty: the headline on the events with light only (generated non-empty
@@ -247,11 +249,22 @@ def _by_convention(scored: list[tuple], floor_pair: tuple[dict, dict] | None
     return out
 
 
-def _paired(first: dict, paired: dict, floor_pair: tuple[dict, dict] | None
-            ) -> dict[str, Any]:
-    """Conditional shape agreement: per particle, generated vs MC B (and MC A vs MC B)."""
+def _paired(first: dict, paired: dict, floor_pair: tuple[dict, dict] | None,
+            second: dict | None = None) -> dict[str, Any]:
+    """Conditional shape agreement: per particle, generated vs MC B (and MC A vs MC B); with
+    a second generation, also generation 1 vs generation 2 of the same particle against the
+    same floor (``centroid_spread``, ``width_spread``): how much the model's showers move
+    between two draws for one particle, beside how much the simulation's move between its
+    two repeats (above 1: the model scatters its showers more than the MC; below 1: less)."""
     model = metrics.paired_shape_distances(first, paired)
     floor = None if floor_pair is None else metrics.paired_shape_distances(*floor_pair)
+    if second is not None:
+        spread = metrics.paired_shape_distances(first, second)
+        model["centroid_spread"] = spread["centroid_distance"]
+        model["width_spread"] = spread["width_difference"]
+        if floor is not None:
+            floor["centroid_spread"] = floor["centroid_distance"]
+            floor["width_spread"] = floor["width_difference"]
     out: dict[str, Any] = {}
     for key, values in model.items():
         median = float(np.nanmedian(values)) if np.isfinite(values).any() else None
@@ -329,7 +342,8 @@ def validate(generated_paths: list[str | os.PathLike], reference_path: str | os.
         "headline": _headline(comparisons, floor, uncertainty),
         "headline_by_convention": _by_convention(scored, floor_pair),
         "uncertainty": uncertainty,
-        "paired": _paired(first, paired, floor_pair),
+        "paired": _paired(first, paired, floor_pair,
+                          scored[1][1] if len(scored) > 1 else None),
         **{k: comparisons[0][k] for k in ("photon_sum", "fraction_empty", *SHAPE_KEYS)},
         "mean_photon_sum": _mean_photon_sum([g for _, g, _ in scored], paired),
         "classifier_auc": metrics.classifier_auc(_classifier_features(first),
@@ -778,6 +792,12 @@ def summary_lines(report: dict) -> list[str]:
                   f"{_fmt(centroid['model_median'], digits=2)} fibres (MC repeats "
                   f"{_fmt(centroid['floor_median'], digits=2)}; ratio "
                   f"{_fmt(centroid['ratio'], digits=2)})"]
+        spread = report["paired"].get("centroid_spread")
+        if spread is not None:
+            lines.append("median centroid distance between two generations of a particle "
+                         f"{_fmt(spread['model_median'], digits=2)} fibres (MC repeats "
+                         f"{_fmt(spread['floor_median'], digits=2)}; ratio "
+                         f"{_fmt(spread['ratio'], digits=2)})")
     lines.append(f"classifier AUC {report['classifier_auc']:.3f}"
                  + (f" (MC vs MC {floor['classifier_auc']:.3f})" if floor else ""))
     non_empty, gate = report.get("headline_non_empty"), report.get("gate")
@@ -903,6 +923,10 @@ def _metric_rows(report: dict) -> list[tuple[str, str, str]]:
              _fmt(headline["ratio"], headline["ratio_ci95"], 2), ""),
             ("median centroid distance per particle (fibres)",
              _fmt(centroid["model_median"], digits=2), _fmt(centroid["floor_median"], digits=2)),
+            *([("median centroid distance between two generations of a particle (fibres)",
+                _fmt(paired["centroid_spread"]["model_median"], digits=2),
+                _fmt(paired["centroid_spread"]["floor_median"], digits=2))]
+              if "centroid_spread" in paired else []),
             ("photon-sum WS (photons)", _fmt(report["photon_sum"]["wasserstein"]),
              _fmt(floor["photon_sum"]["wasserstein"]) if floor else "n/a"),
             ("photon-sum KS", _fmt(report["photon_sum"]["ks"]),

@@ -107,6 +107,26 @@ def test_report_has_every_documented_number(reference, tmp_path, monkeypatch):
     assert all(np.isfinite(entry[who]["fpd"]["value"]) for entry in slices.values()
                for who in ("model", "floor"))
     assert "Per energy bin and species" in page and "PDG 2112" in page
+    # two independent simulations of each particle move their showers as much as MC A and B
+    spread = report["paired"]["centroid_spread"]
+    assert spread["floor_median"] == report["paired"]["centroid_distance"]["floor_median"]
+    assert 0.8 < spread["ratio"] < 1.25 and spread["n"] > 1000
+    assert "between two generations" in page
+
+
+def test_the_spread_between_generations_is_zero_for_a_generator_that_ignores_its_noise():
+    from expertsim.validation import _paired
+
+    rng = np.random.default_rng(5)
+    features = {key: rng.normal(size=50) for key in
+                ("centroid_x", "centroid_y", "width_x", "width_y")}
+    mc_a = {key: value + rng.normal(scale=0.5, size=50) for key, value in features.items()}
+    mc_b = {key: value + rng.normal(scale=0.5, size=50) for key, value in features.items()}
+    paired = _paired(features, mc_b, (mc_a, mc_b), second=dict(features))
+    assert paired["centroid_spread"]["model_median"] == 0.0
+    assert paired["centroid_spread"]["ratio"] == 0.0
+    assert paired["centroid_distance"]["ratio"] > 0.3
+    assert "centroid_spread" not in _paired(features, mc_b, (mc_a, mc_b))
 
 
 @pytest.mark.slow
