@@ -56,7 +56,7 @@ from expertsim import __version__
 from expertsim.detector import channel_sums
 from expertsim.errors import ConfigError, ExpertSimError
 from expertsim.eventfile import CONDITION_COLUMNS, CONDITION_UNITS
-from expertsim.models.counting import N_SPLIT, nonempty_counts
+from expertsim.models.counting import N_SPLIT, poisson_from_uniform, redraw_empty
 from expertsim.models.folded import FoldedExpert
 from expertsim.o2 import decode_pixels, hit_channel_sums, read_o2_scales
 from expertsim.provenance import file_sha256, make_provenance
@@ -165,26 +165,66 @@ def _traced(module: torch.nn.Module, example: tuple) -> torch.jit.ScriptModule:
         return torch.jit.trace(module.eval(), example, check_trace=False)
 
 
-class _O2Outputs(torch.nn.Module):
-    """log(1 + expected photons) (B, H, W) -> O2's (image, expected), both (B, W, H)."""
-
-    def __init__(self, counts: bool) -> None:
-        super().__init__()
-        self.counts = counts
+class _O2Expected(torch.nn.Module):
+    """log(1 + expected photons) (B, H, W) -> (expected, expected) in O2's order (B, W, H):
+    the export without counts (``counts=False``)."""
 
     def forward(self, log_expected_BHW: torch.Tensor):
         expected = to_o2_order(log_expected_BHW)
-        if not self.counts:
-            return expected, expected
-        # exp(x) - 1 and log(1 + x): the exporter has no expm1 / log1p; at these magnitudes
-        # (photons >= 1 or exactly 0) the rounding is far below the decoding margin
+        return expected, expected
+
+
+class _O2Draw(torch.nn.Module):
+    """log(1 + expected photons) (B, H, W) -> (expected photons (B, P), Poisson counts
+    (B, P)), the graph drawing its own uniforms and normals."""
+
+    def forward(self, log_expected_BHW: torch.Tensor):
+        # exp(x) - 1: the exporter has no expm1; at these magnitudes (photons >= 1 or
+        # exactly 0) the rounding is far below the decoding margin
         expected_BP = (torch.exp(log_expected_BHW.float()) - 1.0).clamp(min=0.0).flatten(1)
-        counts_BP = nonempty_counts(expected_BP, torch.rand_like(expected_BP),
-                                    torch.randn_like(expected_BP),
-                                    torch.rand_like(expected_BP[:, 0]),
-                                    torch.rand_like(expected_BP[:, :N_SPLIT]))
+        return expected_BP, poisson_from_uniform(expected_BP, torch.rand_like(expected_BP),
+                                                 torch.randn_like(expected_BP), compact=True)
+
+
+class _O2Redraw(torch.nn.Module):
+    """(expected (B, P), counts (B, P)) -> counts with the empty rows redrawn (redraw_empty;
+    nonempty_counts is _O2Draw then this)."""
+
+    def forward(self, expected_BP: torch.Tensor, counts_BP: torch.Tensor):
+        return redraw_empty(expected_BP, counts_BP, torch.rand_like(expected_BP[:, 0]),
+                            torch.rand_like(expected_BP[:, :N_SPLIT]))
+
+
+class _O2Encode(torch.nn.Module):
+    """(counts (B, P), log(1 + expected) (B, H, W)) -> O2's (image, expected), (B, W, H)."""
+
+    def forward(self, counts_BP: torch.Tensor, log_expected_BHW: torch.Tensor):
+        # log(1 + x): the exporter has no log1p
         encoded_BP = torch.log(1.0 + counts_BP + HIT_MARGIN * (counts_BP > 0).float())
-        return to_o2_order(encoded_BP.view_as(log_expected_BHW)), expected
+        return (to_o2_order(encoded_BP.view_as(log_expected_BHW)),
+                to_o2_order(log_expected_BHW))
+
+
+class _O2Outputs(torch.nn.Module):
+    """log(1 + expected photons) (B, H, W) -> O2's (image, expected), both (B, W, H): counts
+    drawn conditioned on at least one photon (nonempty_counts). Scripted around traced parts:
+    the redraw of empty rows sits behind an ``if`` (ONNX If), so a particle whose draw has
+    light (nearly every ZN one) skips its ~100 operators, which ONNX Runtime would run even
+    on an empty selection (it pays per operator at batch 1, O2's mode)."""
+
+    def __init__(self, image_shape: tuple[int, int]) -> None:
+        super().__init__()
+        example = torch.zeros(2, *image_shape)
+        flat = torch.zeros(2, image_shape[0] * image_shape[1])
+        self.draw = _traced(_O2Draw(), (example,))
+        self.redraw = _traced(_O2Redraw(), (flat, flat))
+        self.encode = _traced(_O2Encode(), (flat, example))
+
+    def forward(self, log_expected_BHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        expected_BP, counts_BP = self.draw(log_expected_BHW)
+        if bool((counts_BP.sum(dim=1) == 0).any()):
+            counts_BP = self.redraw(expected_BP, counts_BP)
+        return self.encode(counts_BP, log_expected_BHW)
 
 
 class _O2Generator(torch.nn.Module):
@@ -199,8 +239,8 @@ class _O2Generator(torch.nn.Module):
         branches = [_traced(_ExpertBranch(generator, expert), example)
                     for expert in range(generator.n_experts)]
         self.mixture = _SkippingMixture(mixture.router, branches, generator.image_shape)
-        self.outputs = _traced(_O2Outputs(counts),
-                               (torch.zeros(2, *generator.image_shape),))
+        self.outputs = (_O2Outputs(generator.image_shape) if counts else
+                        _traced(_O2Expected(), (torch.zeros(2, *generator.image_shape),)))
 
     def forward(self, noise: torch.Tensor, conditions: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:

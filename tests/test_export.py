@@ -84,8 +84,9 @@ def test_export_writes_the_o2_files(exported):
     rows, cols = trained.image_shape
     generator = onnx.load(str(folder / "model.onnx"))
     onnx.checker.check_model(generator)
-    # each expert behind its own If: a particle runs only the operators of its expert
-    assert [n.op_type for n in generator.graph.node].count("If") == trained.n_experts
+    # each expert behind its own If: a particle runs only the operators of its expert; one
+    # more If holds the redraw of empty draws
+    assert [n.op_type for n in generator.graph.node].count("If") == trained.n_experts + 1
     assert signature(generator.graph.input) == [
         ("noise", ["batch", 10]), ("conditions", ["batch", 9])]
     # O2 reads the output flat as pixels[Nx * y + x], x along the rows: (batch, Ny, Nx)
@@ -220,3 +221,29 @@ def test_export_of_a_missing_or_foreign_model_is_a_clear_error(tmp_path):
     bad.write_bytes(b"not a model")
     result = CliRunner().invoke(main, ["export", "--model", str(bad), "-o", str(tmp_path / "o")])
     assert result.exit_code == 2 and "bad.pt" in result.output
+
+
+def test_the_graph_redraws_empty_draws_and_only_those(tmp_path):
+    """The counting part of the generator graph alone (6 x 5 fibres), run in plain ONNX
+    Runtime: an event with expected photons never comes out empty, one without stays empty,
+    and the photon count of a faint event follows the zero-truncated Poisson law."""
+    from expertsim.export import _O2Outputs, _scripted, _write_onnx
+
+    shape = (6, 5)
+    path = tmp_path / "counts.onnx"
+    _write_onnx(_scripted(_O2Outputs(shape)), path, 17, (torch.zeros(2, *shape),),
+                ("log_expected",), ("image", "expected"), shape[::-1])
+    assert [n.op_type for n in onnx.load(str(path)).graph.node].count("If") == 1
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    total = 0.1  # photons an event: an unconditioned draw is empty 90 % of the time
+    expected = np.zeros((4000, *shape), np.float32)
+    expected[:3000] = total / (shape[0] * shape[1])
+    image, _ = session.run(None, {"log_expected": np.log1p(expected)})
+    photons = np.expm1(image.astype(np.float64)).astype(np.int64).reshape(4000, -1).sum(axis=1)
+    assert (photons[:3000] >= 1).all() and (photons[3000:] == 0).all()
+    truncated_mean = total / (1.0 - np.exp(-total))  # 1.051; standard error ~0.004
+    assert abs(photons[:3000].mean() - truncated_mean) < 0.02
+    bright = np.full((500, *shape), 2.0, np.float32)  # 60 photons an event: no empty draw
+    image, _ = session.run(None, {"log_expected": np.log1p(bright)})
+    photons = np.expm1(image.astype(np.float64)).astype(np.int64).reshape(500, -1).sum(axis=1)
+    assert abs(photons.mean() - 60.0) < 4 * np.sqrt(60.0 / 500)

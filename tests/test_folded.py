@@ -5,8 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from expertsim.models import ExpertGenerator, MixtureOfExperts, Router
+from expertsim.models.conditioning import cell_grids
 from expertsim.models.folded import (FoldedExpert, add_rank_one_conv_, phase_kernels,
-                                     rank_one_kernel, single_output_conv, upsampled_conv)
+                                     rank_one_kernel, shift_factors, shifted_cells,
+                                     single_output_conv, upsampled_conv)
 
 
 @pytest.mark.parametrize("small", [(11, 11), (14, 8), (1, 1)])
@@ -18,6 +20,10 @@ def test_four_phase_kernels_equal_a_convolution_of_the_upsampled_map(small):
                         padding=1)
     ours = upsampled_conv(h, phase_kernels(weight), bias.repeat(4), small).permute(0, 3, 1, 2)
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    # the traced form (what the ONNX export records) interleaves the phases its own way
+    traced = torch.jit.trace(lambda x: upsampled_conv(x, phase_kernels(weight), bias.repeat(4),
+                                                      small), (h,), check_trace=False)
+    torch.testing.assert_close(traced(h).permute(0, 3, 1, 2), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_rank_one_channels_convolve_as_a_matrix_product_with_zero_padding():
@@ -27,8 +33,18 @@ def test_rank_one_channels_convolve_as_a_matrix_product_with_zero_padding():
     images = rows[:, :, :, None] * cols[:, :, None, :]  # (B, R, H, W)
     expected = F.conv2d(images, weight, padding=1).permute(0, 2, 3, 1)
     start = torch.randn(2, 6, 9, 3)
-    ours = add_rank_one_conv_(start.clone(), rows, cols, rank_one_kernel(weight), (6, 9))
+    ours = add_rank_one_conv_(start.clone(), shift_factors(rows), shift_factors(cols),
+                              rank_one_kernel(weight), (6, 9))
     torch.testing.assert_close(ours, start + expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("length, covered, extent", [(11, 44, 44), (28, 56, 56), (1, 4, 3)])
+def test_shifted_cells_are_the_shifted_grid_with_zero_padding(length, covered, extent):
+    grid, _ = cell_grids(length, length, (extent, extent), (covered, covered))
+    shifted_grid, mask = shifted_cells(length, covered, extent)
+    expected = shift_factors(grid[None, None])[0, :, 0]  # (L, 3), zero outside
+    assert torch.equal(shifted_grid * mask, expected)
+    assert torch.equal(mask, shift_factors(torch.ones(1, 1, length))[0, :, 0])
 
 
 @pytest.mark.parametrize("conditioning", ["plain", "positional", "radial"])

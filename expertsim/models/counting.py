@@ -114,6 +114,15 @@ def nonempty_counts(expected_BP: torch.Tensor, uniform_BP: torch.Tensor,
     (see poisson_from_uniform) one per fibre; uniforms: one per event, ``N_SPLIT`` per event.
     """
     counts_BP = poisson_from_uniform(expected_BP, uniform_BP, normal_BP, compact=True)
+    return redraw_empty(expected_BP, counts_BP, uniform_total_B, uniform_split_BS)
+
+
+def redraw_empty(expected_BP: torch.Tensor, counts_BP: torch.Tensor,
+                 uniform_total_B: torch.Tensor, uniform_split_BS: torch.Tensor
+                 ) -> torch.Tensor:
+    """nonempty_counts' second half: the rows of ``counts_BP`` that drew no photon, redrawn
+    from the conditional distribution (a new tensor; the other rows unchanged). An exported
+    graph runs it only when some row is empty (expertsim.export)."""
     empty_R = torch.nonzero(counts_BP.sum(dim=1) == 0).squeeze(1)
     expected_RP = expected_BP.float().clamp(min=0.0)[empty_R]
     total_R = expected_RP.sum(dim=1)

@@ -66,6 +66,15 @@ class _PositionHead(nn.Module):
         return float(residual)
 
 
+def condition_features(features, c_BK: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(network inputs, shower-placement inputs) of a network whose feature module is
+    ``features`` (None for plain conditioning: the scaled conditions, no placement)."""
+    if features is None:
+        return c_BK, None
+    return features.features_and_placement(c_BK)
+
+
 def calibrate_position(network: nn.Module, c_NK: torch.Tensor, centre_N2: torch.Tensor
                        ) -> float | None:
     """Fit a generator's or discriminator's shower-placement map to the real centroids
@@ -134,15 +143,15 @@ class ExpertGenerator(nn.Module):
         if self.position is None:
             return None
         mode = self.dispatch
-        return self.position.draw(self.features(c_BK), self.features.placement(c_BK),
+        return self.position.draw(*self.features.features_and_placement(c_BK),
                                   lambda layer, x: layer(x, expert_B, mode))
 
     def _draw(self, z_BZ: torch.Tensor, c_BK: torch.Tensor, apply) -> torch.Tensor:
-        f_BF = c_BK if self.features is None else self.features(c_BK)
+        f_BF, placement_BP = condition_features(self.features, c_BK)
         h = F.leaky_relu(apply(self.dense, torch.cat([z_BZ, f_BF], dim=1)), 0.2)
         h = h.view(-1, 2 * self.channels, *self.seed_shape)
         centre_B2 = (None if self.position is None
-                     else self.position.draw(f_BF, self.features.placement(c_BK), apply))
+                     else self.position.draw(f_BF, placement_BP, apply))
         h = F.interpolate(h, scale_factor=2.0, mode="nearest")
         h = F.leaky_relu(apply(self.conv1, self._place(h, centre_B2)), 0.2)
         h = F.interpolate(h, scale_factor=2.0, mode="nearest")
@@ -187,10 +196,10 @@ class ExpertDiscriminator(nn.Module):
     def forward(self, x_BHW: torch.Tensor, c_BK: torch.Tensor, expert_B: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         mode = self.dispatch
-        f_BF = c_BK if self.features is None else self.features(c_BK)
+        f_BF, placement_BP = condition_features(self.features, c_BK)
         h = x_BHW.unsqueeze(1)
         if self.position is not None:
-            centre_B2 = self.position.draw(f_BF, self.features.placement(c_BK),
+            centre_B2 = self.position.draw(f_BF, placement_BP,
                                            lambda layer, x: layer(x, expert_B, mode))
             h = centred_coordinates(h, centre_B2, self.image_shape, self.image_shape,
                                     self.radial)

@@ -19,7 +19,10 @@ Two exact identities of the generator's layers (ExpertGenerator._draw), used tog
   of (rows x 3 R) by (3 R x columns x C_out) instead of 9 R multiply-adds per output pixel
   and channel, and the channels are never built or concatenated. The right-hand factor is
   itself one matrix product (the shifted column factors by a block-diagonal arrangement of
-  the kernel, rank_one_kernel), laid out so that no permuted copy is made.
+  the kernel, rank_one_kernel), laid out so that no permuted copy is made. The factors are
+  evaluated directly on the shifted cells (shifted_cells: each position's three neighbours,
+  zero outside the map), once per map size, so a traced graph has no padding, slicing and
+  stacking per factor.
 
 The output convolution (C channels to one) runs in eager inference as one matrix product to
 the nine taps' planes and eight shifted additions (single_output_conv); oneDNN's convolution
@@ -42,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from expertsim.models.conditioning import cell_grids
+from expertsim.models.experts import condition_features
 
 # kernel rows (or columns) of a 3x3 kernel that read each of a phase's two small-map rows:
 # phase 0 reads rows i - 1 (kernel row 0) and i (kernel rows 1, 2), phase 1 reads i (rows 0, 1)
@@ -73,11 +76,17 @@ def upsampled_conv(h_BChw: torch.Tensor, kernel_4OC22: torch.Tensor, bias_4O: to
     layout = torch.channels_last
     y = F.conv2d(h_BChw.contiguous(memory_format=layout),
                  kernel_4OC22.contiguous(memory_format=layout), bias_4O, padding=1)
+    if torch.jit.is_tracing():  # the exporters mistranslate the in-place copies below
+        # each phase one slice of the channels-last map, then one interleaving transpose:
+        # few operators (ONNX Runtime pays per operator at batch 1)
+        y_Bhw4O = y.permute(0, 2, 3, 1)
+        out = torch.cat([y_Bhw4O[:, a:a + height, b:b + width,
+                                 (2 * a + b) * out_channels:(2 * a + b + 1) * out_channels]
+                         for a in (0, 1) for b in (0, 1)], dim=3)
+        out = out.view(-1, height, width, 2, 2, out_channels).permute(0, 1, 3, 2, 4, 5)
+        return out.reshape(-1, 2 * height, 2 * width, out_channels)
     y_Bhw4O = y.permute(0, 2, 3, 1).reshape(-1, height + 1, width + 1, 2, 2, out_channels)
     phases = [[y_Bhw4O[:, a:a + height, b:b + width, a, b] for b in (0, 1)] for a in (0, 1)]
-    if torch.jit.is_tracing():  # the exporters mistranslate the in-place copies below
-        out = torch.stack([torch.stack(row, dim=3) for row in phases], dim=2)
-        return out.reshape(-1, 2 * height, 2 * width, out_channels)
     out = y.new_empty(len(y), height, 2, width, 2, out_channels)  # [b, i, a, j, b', o]
     for a in (0, 1):
         for b in (0, 1):
@@ -96,26 +105,27 @@ def rank_one_kernel(weight_OR33: torch.Tensor) -> torch.Tensor:
     return kernel.reshape(3 * extra, out_channels * 3 * extra).contiguous()
 
 
-def add_rank_one_conv_(y_BHWO: torch.Tensor, rows_BRH: torch.Tensor, cols_BRW: torch.Tensor,
-                       kernel: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def add_rank_one_conv_(y_BHWO: torch.Tensor, rows_BHR3: torch.Tensor,
+                       cols_BWR3: torch.Tensor, kernel: torch.Tensor, size: tuple[int, int]
+                       ) -> torch.Tensor:
     """Adds to the contiguous (B, H, W, O) y, ``size`` = (H, W) given as numbers (in place,
     returned; a new tensor when traced) the 3x3 convolution (zero padding 1, no bias) of the
-    R channels rows_r(y) cols_r(x), whose weights rank_one_kernel gave as ``kernel``.
+    R channels rows_r(y) cols_r(x), whose weights rank_one_kernel gave as ``kernel``. The
+    factors come shifted (shift_factors' layout): rows_BHR3[b, y, r, j] = rows_r(y + j - 1),
+    cols_BWR3[b, x, r, k] = cols_r(x + k - 1), zero outside the map.
 
     With K = (r, j): y[b, Y, (X, o)] += sum_K rows_r(Y + j - 1) A[b, K, (X, o)], where
     A[b, (r, j), (X, o)] = sum_k cols_r(X + k - 1) weight[o, r, j, k] is one matrix product
     of the shifted column factors (B W, 3 R) by ``kernel``, laid out as A transposed (no
     permuted copy; the batched product reads it as a transposed operand)."""
     height, width = size
-    extra = rows_BRH.shape[1]
+    extra = rows_BHR3.shape[2]
     out_channels = kernel.shape[1] // (3 * extra)
-    left_BHK = _shifted(rows_BRH, height).reshape(-1, height, 3 * extra)
-    cols_XK = _shifted(cols_BRW, width).reshape(-1, 3 * extra)
     y_BHV = y_BHWO.view(-1, height, width * out_channels)
-    cols_XK = cols_XK.to(y_BHV.dtype)
+    left_BHK = rows_BHR3.reshape(-1, height, 3 * extra).to(y_BHV.dtype)
+    cols_XK = cols_BWR3.reshape(-1, 3 * extra).to(y_BHV.dtype)
     along_BVK = torch.mm(cols_XK, kernel.to(y_BHV.dtype)).view(-1, width * out_channels,
                                                                 3 * extra)
-    left_BHK = left_BHK.to(y_BHV.dtype)
     if torch.jit.is_tracing():
         return (y_BHV + torch.bmm(left_BHK, along_BVK.transpose(1, 2))).view(
             -1, height, width, out_channels)
@@ -123,11 +133,26 @@ def add_rank_one_conv_(y_BHWO: torch.Tensor, rows_BRH: torch.Tensor, cols_BRW: t
     return y_BHWO
 
 
-def _shifted(factor_BRL: torch.Tensor, length: int) -> torch.Tensor:
-    """(B, R, L) -> (B, L, R, 3): [b, x, r, k] = factor_r(x + k - 1), zero outside (unfold's
-    result, written with slices: ONNX has no unfold of a dynamic length)."""
+def shift_factors(factor_BRL: torch.Tensor) -> torch.Tensor:
+    """(B, R, L) -> (B, L, R, 3): [b, x, r, k] = factor_r(x + k - 1), zero outside (the
+    layout add_rank_one_conv_ takes, from factors given on the map's own cells)."""
+    length = factor_BRL.shape[2]
     padded_BLR = F.pad(factor_BRL, (1, 1)).transpose(1, 2)
     return torch.stack([padded_BLR[:, k:k + length] for k in range(3)], dim=3)
+
+
+def shifted_cells(length: int, covered: int, extent: int, **options
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cell_grids' coordinate of cell x + k - 1 of a map of ``length`` cells covering
+    ``covered`` pixels of an image ``extent`` pixels long, as (length, 3) [x, k], and a
+    (length, 3) mask, 0 where that cell lies outside the map (the zero padding). Factors
+    evaluated on these cells are shift_factors' layout directly: an exported graph then has
+    no padding, slices and stacking per factor (ONNX Runtime pays per operator at batch 1)."""
+    index_L3 = (torch.arange(length, **options)[:, None]
+                + torch.arange(3, **options)[None, :] - 1.0)
+    grid_L3 = (index_L3 + 0.5) * (covered / length) * (2.0 / extent) - 1.0
+    mask_L3 = ((index_L3 >= 0) & (index_L3 < length)).to(grid_L3.dtype)
+    return grid_L3, mask_L3
 
 
 def single_output_conv(h_BHWC: torch.Tensor, taps_9C: torch.Tensor, bias_1: torch.Tensor
@@ -175,18 +200,19 @@ class FoldedExpert(nn.Module):
 
     def forward(self, z_BZ: torch.Tensor, c_BK: torch.Tensor) -> torch.Tensor:
         generator, expert = self.generator, self.expert
-        features = generator.features
-        f_BF = c_BK if features is None else features(c_BK)
+        f_BF, placement_BP = condition_features(generator.features, c_BK)
         h = F.leaky_relu(generator.dense.single(torch.cat([z_BZ, f_BF], dim=1), expert), 0.2)
         h = h.view(-1, self.n_main[0], *generator.seed_shape)
         centre_B2 = (None if generator.position is None else generator.position.draw(
-            f_BF, features.placement(c_BK), lambda layer, x: layer.single(x, expert)))
+            f_BF, placement_BP, lambda layer, x: layer.single(x, expert)))
         small = tuple(generator.seed_shape)
         middle, canvas = (2 * small[0], 2 * small[1]), (4 * small[0], 4 * small[1])
+        # the extra channels' factors, once per map size (the last two layers share them)
+        on_middle, on_canvas = self._factors(centre_B2, middle), self._factors(centre_B2, canvas)
         y = upsampled_conv(h, self.kernel1, self.bias1, small)
-        h = F.leaky_relu(self._add_extra_(y, centre_B2, self.extra1, middle), 0.2, inplace=True)
+        h = F.leaky_relu(self._add_extra_(y, on_middle, self.extra1, middle), 0.2, inplace=True)
         y = upsampled_conv(h.permute(0, 3, 1, 2), self.kernel2, self.bias2, middle)
-        h = F.leaky_relu(self._add_extra_(y, centre_B2, self.extra2, canvas), 0.2, inplace=True)
+        h = F.leaky_relu(self._add_extra_(y, on_canvas, self.extra2, canvas), 0.2, inplace=True)
         if torch.jit.is_tracing():  # one operator for ONNX Runtime
             layout = torch.channels_last
             y = F.conv2d(h.permute(0, 3, 1, 2).contiguous(memory_format=layout),
@@ -195,35 +221,44 @@ class FoldedExpert(nn.Module):
         else:
             y = single_output_conv(h, self.taps3, self.bias3)
         with torch.autocast(y.device.type, enabled=False):  # one channel: float32 is cheap
-            y = self._add_extra_(y, centre_B2, self.extra3, canvas)
+            y = self._add_extra_(y, on_canvas, self.extra3, canvas)
         rows, cols = generator.image_shape
         return F.relu(y[:, :rows, :cols, 0])
 
-    def _add_extra_(self, y_BHWO: torch.Tensor, centre_B2: torch.Tensor | None,
-                    kernel: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    @staticmethod
+    def _add_extra_(y_BHWO: torch.Tensor, factors: tuple | None, kernel: torch.Tensor,
+                    size: tuple[int, int]) -> torch.Tensor:
         """Adds to y (in place) the convolution of the extra channels centred_coordinates
-        would append to a map of ``size`` (``kernel``: their rank_one_kernel)."""
-        if centre_B2 is None:
+        would append to a map of ``size`` (``factors``: _factors' for that size; ``kernel``:
+        their rank_one_kernel)."""
+        if factors is None:
             return y_BHWO
-        rows_BRH, cols_BRW = self._factors(centre_B2, *size)
-        return add_rank_one_conv_(y_BHWO, rows_BRH, cols_BRW, kernel, size)
+        return add_rank_one_conv_(y_BHWO, *factors, kernel, size)
 
-    def _factors(self, centre_B2: torch.Tensor, height: int, width: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Row and column factors (B, R, H), (B, R, W) of the channels centred_coordinates
-        appends to a (height, width) map: [u, 1, radial...] and [1, v, radial...]."""
+    def _factors(self, centre_B2: torch.Tensor | None, size: tuple[int, int]
+                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Row and column factors of the channels centred_coordinates appends to a map of
+        ``size`` = (height, width), [u, 1, radial...] and [1, v, radial...], shifted
+        (shift_factors' layout: (B, height, R, 3), (B, width, R, 3)); None without
+        positional conditioning."""
+        if centre_B2 is None:
+            return None
         generator = self.generator
         rows, cols = generator.image_shape
         canvas = (4 * generator.seed_shape[0], 4 * generator.seed_shape[1])
         options = {"dtype": centre_B2.dtype, "device": centre_B2.device}
-        row_grid, col_grid = cell_grids(height, width, generator.image_shape, canvas, **options)
-        u_BH = row_grid - centre_B2[:, :1]
-        v_BW = col_grid - centre_B2[:, 1:]
-        row_parts, col_parts = [u_BH, torch.ones_like(u_BH)], [torch.ones_like(v_BW), v_BW]
-        if generator.radial:
-            inverse_R = 1.0 / (2.0 * torch.tensor(generator.radial, **options) ** 2)
-            du2 = (u_BH * (rows / 2.0)) ** 2
-            dv2 = (v_BW * (cols / 2.0)) ** 2
-            row_parts += list(torch.exp(-du2[:, None, :] * inverse_R[:, None]).unbind(1))
-            col_parts += list(torch.exp(-dv2[:, None, :] * inverse_R[:, None]).unbind(1))
-        return torch.stack(row_parts, dim=1), torch.stack(col_parts, dim=1)
+        row_grid_H3, row_mask_H3 = shifted_cells(size[0], canvas[0], rows, **options)
+        col_grid_W3, col_mask_W3 = shifted_cells(size[1], canvas[1], cols, **options)
+        u_BH3 = row_grid_H3 - centre_B2[:, 0, None, None]
+        v_BW3 = col_grid_W3 - centre_B2[:, 1, None, None]
+        coordinate_rows = torch.stack([u_BH3 * row_mask_H3, row_mask_H3.expand_as(u_BH3)], dim=2)
+        coordinate_cols = torch.stack([col_mask_W3.expand_as(v_BW3), v_BW3 * col_mask_W3], dim=2)
+        if not generator.radial:
+            return coordinate_rows, coordinate_cols
+        inverse_R1 = (1.0 / (2.0 * torch.tensor(generator.radial, **options) ** 2))[:, None]
+        du2_BH3 = (u_BH3 * (rows / 2.0)) ** 2
+        dv2_BW3 = (v_BW3 * (cols / 2.0)) ** 2
+        radial_rows = torch.exp(-du2_BH3[:, :, None, :] * inverse_R1) * row_mask_H3[:, None]
+        radial_cols = torch.exp(-dv2_BW3[:, :, None, :] * inverse_R1) * col_mask_W3[:, None]
+        return (torch.cat([coordinate_rows, radial_rows], dim=2),
+                torch.cat([coordinate_cols, radial_cols], dim=2))
