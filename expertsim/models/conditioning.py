@@ -133,8 +133,13 @@ def cell_grids(height: int, width: int, image_shape: tuple[int, int],
                covered_shape: tuple[int, int], **options) -> tuple[torch.Tensor, torch.Tensor]:
     """The row (height,) and column (width,) coordinates of the cells of a map covering
     ``covered_shape`` pixels, in units of the image's half-size, 0 at the image centre."""
-    rows, cols = image_shape
-    full_rows, full_cols = covered_shape
-    row_grid = (torch.arange(height, **options) + 0.5) * (full_rows / height) * (2.0 / rows) - 1.0
-    col_grid = (torch.arange(width, **options) + 0.5) * (full_cols / width) * (2.0 / cols) - 1.0
-    return row_grid, col_grid
+    return tuple(cell_coordinate(torch.arange(length, **options), length, covered, extent)
+                 for length, covered, extent in zip((height, width), covered_shape, image_shape))
+
+
+def cell_coordinate(index: torch.Tensor, length: int, covered: int, extent: int
+                    ) -> torch.Tensor:
+    """The coordinate of cell ``index`` (any shape; out-of-range indices extend the grid) of
+    a map of ``length`` cells covering ``covered`` pixels of an image ``extent`` pixels long,
+    in units of the image's half-size, 0 at the image centre (cell_grids' along one axis)."""
+    return (index + 0.5) * (covered / length) * (2.0 / extent) - 1.0

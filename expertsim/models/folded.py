@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from expertsim.models.conditioning import cell_coordinate
 from expertsim.models.experts import condition_features
 
 # kernel rows (or columns) of a 3x3 kernel that read each of a phase's two small-map rows:
@@ -150,7 +151,7 @@ def shifted_cells(length: int, covered: int, extent: int, **options
     no padding, slices and stacking per factor (ONNX Runtime pays per operator at batch 1)."""
     index_L3 = (torch.arange(length, **options)[:, None]
                 + torch.arange(3, **options)[None, :] - 1.0)
-    grid_L3 = (index_L3 + 0.5) * (covered / length) * (2.0 / extent) - 1.0
+    grid_L3 = cell_coordinate(index_L3, length, covered, extent)
     mask_L3 = ((index_L3 >= 0) & (index_L3 < length)).to(grid_L3.dtype)
     return grid_L3, mask_L3
 
