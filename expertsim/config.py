@@ -344,7 +344,19 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML config file, apply overrides, validate."""
+    """Read a YAML config file, apply its ``detectors`` section for the data's detector, then
+    the overrides, and validate.
+
+    A config may hold settings for one detector only (the study's configs serve ZN and ZP):
+
+        loss: {centroid: 1.0}
+        detectors:
+          zn: {loss: {centroid: 100.0}}   # replaces loss.centroid when data.path holds ZN
+
+    The detector is read from the event file at data.path, or from data.simulate when that
+    file does not exist yet. ``--set`` overrides win over both; the returned config holds the
+    resolved values only (what a run records and what a study compares before reusing a run).
+    """
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such config file")
@@ -354,6 +366,73 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         raise ConfigError(f"{path}: not valid YAML ({error})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    values = apply_overrides(values, overrides or [])
+    overrides = list(overrides or [])
     source = str(path) + (" (with --set overrides)" if overrides else "")
+    values = apply_overrides(values, overrides)
+    sections = values.pop("detectors", None)
+    if sections is not None:
+        plain = [item for item in overrides if not item.strip().startswith("detectors.")]
+        values = apply_overrides(_merged(values, _detector_section(sections, values, source)),
+                                 plain)
     return config_from_dict(values, source)
+
+
+# keys a detectors section may not set: they decide which section applies
+_DETECTOR_FIXED = ("name", "data.path", "data.simulate", "detectors")
+
+
+def _detector_section(sections: Any, values: dict[str, Any], source: str) -> dict[str, Any]:
+    """The part of a config's ``detectors`` mapping that applies to its data's detector."""
+    known = [name.lower() for name in DETECTORS]
+    if not isinstance(sections, dict) or not all(
+            isinstance(key, str) and key.lower() in known for key in sections):
+        raise ConfigError(f"{source}: 'detectors' must map detector names ({known}) to "
+                          f"sections of settings, got {sections!r}")
+    for name, section in sections.items():
+        if not isinstance(section, dict):
+            raise ConfigError(f"{source}: 'detectors.{name}' must be a mapping of sections, "
+                              f"got {section!r}")
+        for key in _flat_keys(section):
+            if key.startswith(_DETECTOR_FIXED):
+                raise ConfigError(f"{source}: 'detectors.{name}.{key}' cannot be set per "
+                                  "detector (it decides which detector applies); set it at "
+                                  "the top level")
+        config_from_dict(_merged(values, section), f"{source}, detectors.{name}")
+    detector = _data_detector(values, source).lower()
+    chosen = {key.lower(): section for key, section in sections.items()}.get(detector, {})
+    return chosen
+
+
+def _flat_keys(values: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        keys += _flat_keys(value, dotted + ".") if isinstance(value, dict) else [dotted]
+    return keys
+
+
+def _merged(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update``'s leaves written over it (nested mappings merged)."""
+    out = dict(base)
+    for key, value in update.items():
+        inner = out.get(key)
+        out[key] = (_merged(inner, value) if isinstance(inner, dict) and isinstance(value, dict)
+                    else value)
+    return out
+
+
+def _data_detector(values: dict[str, Any], source: str) -> str:
+    """The detector of a config's data: the event file's, else data.simulate's."""
+    data = values.get("data") or {}
+    data_path = Path(str(data.get("path", DataConfig.path)))
+    if data_path.exists():
+        from expertsim.eventfile import check_raw, open_event_file
+
+        with open_event_file(data_path) as handle:
+            return check_raw(handle, data_path)[0].name
+    simulate = data.get("simulate")
+    if isinstance(simulate, dict):
+        return str(simulate.get("detector", SimulateSpec.detector))
+    raise ConfigError(f"{source}: its 'detectors' section needs the data's detector, but "
+                      f"data.path {data_path} does not exist and data.simulate is not set; "
+                      "point data.path at an event file (--set data.path=...)")

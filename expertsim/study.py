@@ -7,6 +7,9 @@ Layout of a study folder:
                                     its presence marks the run done)
     reference_<min photon sum>.h5   the test-split reference events, shared by every run
     study.json, table.md            the table: one row per configuration, mean +- std over seeds
+    heldout/                        with --heldout FILE: reference.h5 (FILE's events with light),
+                                    <config name>/seed<k>/ and nn-lookup/ (each model and the
+                                    lookup table validated on it); a second table in table.md
     channels_overlay.png            channel-sum histograms of every model against the reference
     experts_<config name>.png       per-expert analysis of multi-expert models (seed of the
                                     lowest-numbered run)
@@ -76,9 +79,11 @@ def config_files(configs: list[str | os.PathLike]) -> list[Path]:
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-def plan(configs: list[str | os.PathLike], seeds: int, output_dir: Path) -> list[StudyRun]:
+def plan(configs: list[str | os.PathLike], seeds: int, output_dir: Path,
+         data: Path | None = None) -> list[StudyRun]:
     """One run per (config, seed), seed-major (every config's seed 0 first: a study cut short
-    has each model once before any twice); config names (``name:``) must be unique."""
+    has each model once before any twice); config names (``name:``) must be unique. ``data``:
+    the study's event file (it picks a config's ``detectors`` section)."""
     from expertsim.config import load_config
 
     if seeds < 1:
@@ -88,7 +93,8 @@ def plan(configs: list[str | os.PathLike], seeds: int, output_dir: Path) -> list
         raise ConfigError("the study needs at least one config (--configs)")
     names = {}
     for path in configs:
-        name = load_config(path).name
+        name = load_config(path, [] if data is None else [
+            f"data.path={data}", "data.simulate=null"]).name
         if not SAFE_NAME.fullmatch(name) or name in (".", ".."):
             raise ConfigError(f"{path}: name {name!r} names the run's folder under "
                               f"{output_dir}/runs: use letters, digits, '.', '_' and '-' only "
@@ -106,7 +112,8 @@ def run_study(data: str | os.PathLike, configs: list[str | os.PathLike], output_
               generations: int = 3, tracking_uri: str | None = None,
               log: Callable[[str], None] = lambda message: None,
               progress_factory: Callable[[int, str], Any] | None = None,
-              stop_signals: tuple[int, ...] = ()) -> dict[str, Any]:
+              stop_signals: tuple[int, ...] = (),
+              heldout: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train (or reuse), validate and tabulate every (config, seed); returns study.json.
 
     Args:
@@ -120,13 +127,17 @@ def run_study(data: str | os.PathLike, configs: list[str | os.PathLike], output_
         stop_signals: signals (e.g. SIGTERM, SIGUSR1) that make the training in progress save
             its checkpoint and the study raise StudyStopped; the same call later resumes it.
             Handled only while a model trains, and only from the main thread.
+        heldout: an independent Monte Carlo event file (other seeds than ``data``, every
+            particle twice for the floor): every run and the lookup table are validated on its
+            events with light as well (reused when done for the same model file), for
+            intervals the test split is too small to give.
 
     Raises:
         StudyStopped: one of ``stop_signals`` arrived.
     """
     data, output_dir = Path(data), Path(output_dir)
     check_event_file(data)
-    runs = plan(configs, seeds, output_dir)
+    runs = plan(configs, seeds, output_dir, data)
     output_dir.mkdir(parents=True, exist_ok=True)
     tracking_uri = tracking_uri or f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
     results = []
@@ -151,6 +162,9 @@ def run_study(data: str | os.PathLike, configs: list[str | os.PathLike], output_
         results.append(result)
     lookup = _lookup(data, output_dir, results, log) if results else []
     study = summarise(results + lookup, data, output_dir, tracking_uri)
+    if heldout is not None and results:
+        study["heldout"] = heldout_rows(results, data, Path(heldout), output_dir, generations,
+                                        log)
     write_text(output_dir / "study.json", json.dumps(study, indent=2))
     write_text(output_dir / "table.md", markdown_table(study))
     write_study_plots(results, output_dir)
@@ -186,6 +200,93 @@ def _lookup(data: Path, output_dir: Path, results: list[dict], log) -> list[dict
              "reference": str(reference), **{key: report[key] for key in (
                  "headline", "classifier_auc", "uncertainty", "paired", "floor",
                  "per_expert")}}]
+
+
+def heldout_rows(results: list[dict], data: Path, heldout: Path, output_dir: Path,
+                 generations: int, log) -> dict[str, Any]:
+    """Every run's model and the lookup table validated on an independent file's events with
+    light (output_dir/heldout); one row per config, as in the study's table."""
+    from expertsim.validation import select_reference, validate_lookup, validate_model
+
+    check_event_file(heldout)
+    folder = output_dir / "heldout"
+    reference = folder / "reference.h5"
+    min_photon_sum = results[0]["config"]["data"]["min_photon_sum"]
+    if reference.exists():
+        _check_heldout_reference(reference, heldout, min_photon_sum)
+    else:
+        log(f"held out: selecting the events of {heldout} with photon sum >= {min_photon_sum}")
+        select_reference(heldout, reference, min_photon_sum=min_photon_sum)
+    reports = []
+    for result in results:
+        model = output_dir / "runs" / result["name"] / f"seed{result['seed']}" / "model.pt"
+        report_dir = folder / result["name"] / f"seed{result['seed']}"
+        report = _reusable_report(report_dir, model, reference, generations)
+        if report is None:
+            log(f"held out: validating {result['name']} seed {result['seed']} on {heldout}")
+            report = validate_model(model, heldout, report_dir, generations=generations,
+                                    seed=0, selected_reference=reference, plots=False)
+        reports.append({"name": result["name"], "seed": result["seed"],
+                        "n_experts": result["n_experts"], **report})
+    lookup_report = folder / "nn-lookup" / "metrics.json"
+    if lookup_report.exists():
+        lookup = json.loads(lookup_report.read_text())
+    else:
+        log(f"held out: scoring the nearest-neighbour lookup table on {heldout}")
+        lookup = validate_lookup(data, reference, folder / "nn-lookup",
+                                 min_photon_sum=min_photon_sum, selected_reference=reference,
+                                 plots=False)
+    reports.append({"name": "nn-lookup", "seed": 0, "n_experts": 0, **lookup})
+    rows = []
+    for name in dict.fromkeys(r["name"] for r in reports):
+        group = [r for r in reports if r["name"] == name]
+        ws = np.array([r["headline"]["ws_mean"] for r in group])
+        rows.append({
+            "model": name, "n_experts": group[0]["n_experts"],
+            "seeds": [r["seed"] for r in group], "ws_mean": float(ws.mean()),
+            "ws_std_over_seeds": float(ws.std(ddof=1)) if len(ws) > 1 else 0.0,
+            "ws_per_seed": ws.tolist(),
+            "ws_se": float(np.mean([r["uncertainty"]["se"]["model"] for r in group])),
+            "floor_ws": float(np.mean([r["headline"]["floor_ws_mean"] for r in group])),
+            "ratio_to_floor": float(np.mean([r["headline"]["ratio"] for r in group])),
+            "centroid_ratio": float(np.mean([r["paired"]["centroid_distance"]["ratio"]
+                                             for r in group])),
+            "classifier_auc": float(np.mean([r["classifier_auc"] for r in group])),
+            "auc_per_seed": [r["classifier_auc"] for r in group]})
+    _compare_with_best_single(rows)
+    return {"file": str(heldout.resolve()), "n_events": check_event_file(reference).n_events,
+            "min_photon_sum": min_photon_sum, "rows": rows}
+
+
+def _check_heldout_reference(reference: Path, heldout: Path, min_photon_sum) -> None:
+    """A study's held-out selection must come from the same file with the same filter."""
+    with EventFile(reference) as events:
+        made = events.info.provenance
+    source = [entry["path"] for entry in made.get("inputs", [])]
+    if source != [str(heldout.resolve())] or made.get("config", {}).get(
+            "min_photon_sum") != min_photon_sum:
+        raise ConfigError(f"{reference} was selected from {source} with photon sum >= "
+                          f"{made.get('config', {}).get('min_photon_sum')}, not from "
+                          f"{heldout.resolve()} with >= {min_photon_sum}: give the same "
+                          f"--heldout file, or delete {reference.parent} to start it again")
+
+
+def _reusable_report(report_dir: Path, model: Path, reference: Path, generations: int
+                     ) -> dict | None:
+    """A finished held-out report of this very model file (its generations name the model's
+    SHA-256 and cover the reference's rows, and there are as many), else None."""
+    from expertsim.provenance import file_sha256
+
+    metrics, generated = report_dir / "metrics.json", report_dir / "generated_0.h5"
+    if not (metrics.exists() and generated.exists()):
+        return None
+    with EventFile(generated) as events:
+        made = events.info.provenance.get("config", {})
+    if (made.get("model_sha256") != file_sha256(model)
+            or made.get("n_conditions") != check_event_file(reference).n_events):
+        return None
+    report = json.loads(metrics.read_text())
+    return report if len(report["generated"]) == generations else None
 
 
 def _run_config(run: StudyRun, data: Path, overrides: list[str], tracking_uri: str):
@@ -454,7 +555,36 @@ def markdown_table(study: dict[str, Any]) -> str:
             f"{row['classifier_auc']:.3f} | {use} | {versus} | {_cell(row.get('steps'), 'd')} | "
             f"{_cell(row.get('train_minutes'), '.1f')} | "
             f"{_cell(row['sample_events_per_s'], ',.0f')} | {row['parameters']:,} |")
+    if study.get("heldout"):
+        lines += ["", *_heldout_table(study["heldout"])]
     return "\n".join(lines) + "\n"
+
+
+def _heldout_table(heldout: dict[str, Any]) -> list[str]:
+    rows = heldout["rows"]
+    floors = sorted({round(r["floor_ws"], 3) for r in rows})
+    lines = [
+        f"Held out: the same models on `{Path(heldout['file']).name}` ({heldout['n_events']:,} "
+        f"events with photon sum >= {heldout['min_photon_sum']}, an independent simulation), "
+        "columns as above "
+        f"(floor {', '.join(f'{f:.3f}' for f in floors)}; per seed: each seed's channel-WS).",
+        "",
+        "| model | experts | channel-WS | +-95 % | / floor | centroid | AUC | per seed | "
+        "vs best single GAN |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        versus = row.get("vs_best_single_gan")
+        versus = "-" if versus is None or versus["best"] == row["model"] else (
+            f"{versus['relative']:+.0%}"
+            + {True: " *", False: "", None: " ?"}[versus["significant"]])
+        lines.append(
+            f"| {row['model']} | {row['n_experts']} | {row['ws_mean']:.3f} +- "
+            f"{row['ws_std_over_seeds']:.3f} | {1.96 * row['ws_se']:.3f} | "
+            f"{row['ratio_to_floor']:.2f} | {row['centroid_ratio']:.2f} | "
+            f"{row['classifier_auc']:.3f} | "
+            f"{' / '.join(f'{w:.3f}' for w in row['ws_per_seed'])} | {versus} |")
+    return lines
 
 
 def _cell(value: float | None, spec: str = ".2f") -> str:

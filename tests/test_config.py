@@ -1,6 +1,6 @@
 import pytest
 
-from expertsim.config import ExperimentConfig, load_config
+from expertsim.config import ExperimentConfig, TrainConfig, load_config
 from expertsim.errors import ConfigError
 
 
@@ -32,3 +32,52 @@ def test_overrides_are_typed(tmp_path):
         load_config(path, ["loss.diversity=-1"])
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config(path, ["epochs"])
+
+
+PER_DETECTOR = """\
+loss:
+  centroid: 1.0
+  diversity: 0.2
+detectors:
+  zn:
+    loss: {centroid: 100.0}
+  zp:
+    train: {max_steps: 7}
+"""
+
+
+def test_detector_section_follows_the_data(tmp_path, zn_file, zp_file):
+    path = tmp_path / "c.yaml"
+    path.write_text(PER_DETECTOR)
+    zn = load_config(path, [f"data.path={zn_file}"])
+    zp = load_config(path, [f"data.path={zp_file}"])
+    assert (zn.loss.centroid, zn.train.max_steps) == (100.0, TrainConfig().max_steps)
+    assert (zp.loss.centroid, zp.train.max_steps) == (1.0, 7)
+    assert zn.loss.diversity == zp.loss.diversity == 0.2  # the rest is shared
+    assert "detectors" not in zn.to_dict()  # what a run records is resolved
+    # --set wins over the section; a missing file is read from data.simulate
+    assert load_config(path, [f"data.path={zn_file}", "loss.centroid=3"]).loss.centroid == 3.0
+    simulated = load_config(path, [f"data.path={tmp_path / 'new.h5'}",
+                                   "data.simulate.detector=zp"])
+    assert simulated.train.max_steps == 7
+    # the study's configs: ZN's centroid weight only on ZN, the shared start on both
+    for name in ("1_expertsim3", "2_single_gan"):
+        study_zn = load_config(f"training/study/{name}.yaml", [f"data.path={zn_file}"])
+        study_zp = load_config(f"training/study/{name}.yaml", [f"data.path={zp_file}"])
+        assert (study_zn.loss.centroid, study_zp.loss.centroid) == (100.0, 1.0)
+        assert study_zn.train.shared_start_steps == study_zp.train.shared_start_steps
+
+
+def test_detector_section_errors_name_the_key(tmp_path, zn_file):
+    path = tmp_path / "c.yaml"
+    path.write_text(PER_DETECTOR)
+    with pytest.raises(ConfigError, match=r"data\.path .*missing\.h5 does not exist"):
+        load_config(path, [f"data.path={tmp_path / 'missing.h5'}"])
+    data = f"data.path={zn_file}"
+    with pytest.raises(ConfigError, match="must map detector names"):
+        load_config(path, [data, "detectors.zdc.loss.centroid=1"])
+    # a typo in the other detector's section is found too
+    with pytest.raises(ConfigError, match=r"detectors\.zp: unknown key 'loss\.centroidd'"):
+        load_config(path, [data, "detectors.zp.loss.centroidd=1"])
+    with pytest.raises(ConfigError, match=r"'detectors\.zn\.data\.path' cannot be set"):
+        load_config(path, [data, "detectors.zn.data.path=other.h5"])

@@ -164,3 +164,39 @@ def test_a_signalled_study_checkpoints_and_resumes_to_the_same_numbers(study, zn
     for old, new in zip(reference, rows):
         assert new["ws_per_seed"] == old["ws_per_seed"]
         assert new["classifier_auc"] == old["classifier_auc"]
+
+
+def test_heldout_file_gets_its_own_table_and_reuses_reports(study, zn_file, tmp_path):
+    """--heldout: every model and the lookup validated on an independent file, a second table,
+    reports reused for the same model file, and a selection from another file refused."""
+    from tests.conftest import simulate_file
+
+    output = tmp_path / "study"
+    shutil.copytree(study[0], output)
+    heldout = simulate_file(tmp_path / "heldout.h5", "ZN", 1200, seed=31, repeat=2)
+    args = ["study", "--data", str(zn_file), "--seeds", "1", "-o", str(output),
+            "--generations", "2", *TINY, "--heldout", str(heldout)]
+    for config in ("3_cgan.yaml", "1_expertsim3.yaml"):
+        args += ["--configs", str(STUDY_CONFIGS / config)]
+    log = CliRunner().invoke(main, args, catch_exceptions=False).output
+    assert "held out: validating cgan seed 0" in log and "validating expertsim-3 seed 0" in log
+    held = json.loads((output / "study.json").read_text())["heldout"]
+    assert [row["model"] for row in held["rows"]] == ["cgan", "expertsim-3", "nn-lookup"]
+    assert held["n_events"] < 2400  # events with light only
+    for row in held["rows"]:
+        assert row["ratio_to_floor"] == pytest.approx(row["ws_mean"] / row["floor_ws"], rel=0.05)
+        assert row["ws_se"] > 0 and 0 <= row["classifier_auc"] <= 1
+    assert held["rows"][1]["vs_best_single_gan"]["best"] == "cgan"
+    table = (output / "table.md").read_text()
+    assert "Held out: the same models on `heldout.h5`" in table
+    assert table.count("| expertsim-3 | 3 |") == 2
+    # a second run reuses the reports; a report of another model file is made again
+    (output / "heldout/cgan/seed0/generated_0.h5").unlink()
+    log = CliRunner().invoke(main, args, catch_exceptions=False).output
+    assert "validating cgan seed 0" in log and "validating expertsim-3" not in log
+    assert json.loads((output / "study.json").read_text())["heldout"]["rows"][1] == \
+        held["rows"][1]
+    other = simulate_file(tmp_path / "other.h5", "ZN", 600, seed=32, repeat=2)
+    args[args.index(str(heldout))] = str(other)
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 2 and "give the same --heldout file" in refused.output

@@ -20,7 +20,10 @@ from tqdm import tqdm
               help="Override a value in every config, e.g. --set train.epochs=10.")
 @click.option("--generations", default=3, show_default=True, type=click.IntRange(min=1),
               help="Generations per validation (their spread is reported too).")
-def study(data, configs, seeds, output, overrides, generations) -> None:
+@click.option("--heldout", type=click.Path(exists=True, dir_okay=False),
+              help="Independent Monte Carlo event file: validate every model and the lookup "
+                   "table on its events with light too (a second table; reused when done).")
+def study(data, configs, seeds, output, overrides, generations, heldout) -> None:
     """Train, validate and tabulate several models on one event file.
 
     Each config is trained with seeds 0..N-1 on DATA's train split and validated on its test
@@ -47,7 +50,7 @@ def study(data, configs, seeds, output, overrides, generations) -> None:
                            generations=generations, log=click.echo,
                            progress_factory=lambda total, name: tqdm(
                                total=total, unit="step", desc=name, leave=False),
-                           stop_signals=(signal.SIGTERM, signal.SIGUSR1))
+                           stop_signals=(signal.SIGTERM, signal.SIGUSR1), heldout=heldout)
     except StudyStopped as stopped:
         click.echo(str(stopped), err=True)
         raise SystemExit(EXIT_PREEMPTED) from None
