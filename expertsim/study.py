@@ -544,10 +544,7 @@ def markdown_table(study: dict[str, Any]) -> str:
     for row in rows:
         use = " / ".join(f"{np.mean(f):.0%}" for f in zip(*row["expert_fractions_per_seed"])) \
             if row["n_experts"] > 1 else "-"
-        versus = row.get("vs_best_single_gan")
-        versus = "-" if versus is None or versus["best"] == row["model"] else (
-            f"{versus['relative']:+.0%}"
-            + {True: " *", False: "", None: " ?"}[versus["significant"]])
+        versus = _versus_cell(row)
         lines.append(
             f"| {row['model']} | {row['n_experts']} | {row['ws_mean']:.2f} +- "
             f"{row['ws_std_over_seeds']:.2f} | {1.96 * row['ws_se']:.2f} | "
@@ -574,10 +571,7 @@ def _heldout_table(heldout: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        versus = row.get("vs_best_single_gan")
-        versus = "-" if versus is None or versus["best"] == row["model"] else (
-            f"{versus['relative']:+.0%}"
-            + {True: " *", False: "", None: " ?"}[versus["significant"]])
+        versus = _versus_cell(row)
         lines.append(
             f"| {row['model']} | {row['n_experts']} | {row['ws_mean']:.3f} +- "
             f"{row['ws_std_over_seeds']:.3f} | {1.96 * row['ws_se']:.3f} | "
@@ -585,6 +579,16 @@ def _heldout_table(heldout: dict[str, Any]) -> list[str]:
             f"{row['classifier_auc']:.3f} | "
             f"{' / '.join(f'{w:.3f}' for w in row['ws_per_seed'])} | {versus} |")
     return lines
+
+
+def _versus_cell(row: dict[str, Any]) -> str:
+    """The difference to the best single GAN as a table cell: * beyond the interval and the
+    seed spreads, ? where one seed leaves the spread unknown."""
+    versus = row.get("vs_best_single_gan")
+    if versus is None or versus["best"] == row["model"]:
+        return "-"
+    return f"{versus['relative']:+.0%}" + {True: " *", False: "", None: " ?"}[
+        versus["significant"]]
 
 
 def _cell(value: float | None, spec: str = ".2f") -> str:
