@@ -190,7 +190,7 @@ def test_heldout_file_gets_its_own_table_and_reuses_reports(study, zn_file, tmp_
     table = (output / "table.md").read_text()
     assert "Held out: the same models on `heldout.h5`" in table
     assert table.count("| expertsim-3 | 3 |") == 2
-    # a second run reuses the reports; a report of another model file is made again
+    # a second run reuses the reports; one whose generations are gone is made again
     (output / "heldout/cgan/seed0/generated_0.h5").unlink()
     log = CliRunner().invoke(main, args, catch_exceptions=False).output
     assert "validating cgan seed 0" in log and "validating expertsim-3" not in log
