@@ -81,3 +81,15 @@ def test_detector_section_errors_name_the_key(tmp_path, zn_file):
         load_config(path, [data, "detectors.zp.loss.centroidd=1"])
     with pytest.raises(ConfigError, match=r"'detectors\.zn\.data\.path' cannot be set"):
         load_config(path, [data, "detectors.zn.data.path=other.h5"])
+
+
+def test_ablation_base_is_the_study_mixture(zn_file, zp_file):
+    """The ablation varies the shipped ExpertSim-3 and one GAN: its base configs must resolve to
+    the study's (the study reuses one folder's runs in the other only when they do)."""
+    for data in (zn_file, zp_file):
+        for study, ablation in (("1_expertsim3", "1_expertsim3"), ("2_single_gan", "4_single")):
+            shipped = load_config(f"training/study/{study}.yaml", [f"data.path={data}"]).flat()
+            varied = load_config(f"training/ablation/{ablation}.yaml",
+                                 [f"data.path={data}"]).flat()
+            assert {k: v for k, v in shipped.items() if not k.startswith("tracking.")} == \
+                {k: v for k, v in varied.items() if not k.startswith("tracking.")}

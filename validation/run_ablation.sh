@@ -8,5 +8,8 @@ set -euo pipefail
 EXPERTSIM=${EXPERTSIM:-expertsim}
 test -f data/study_zn.h5 || $EXPERTSIM simulate --detector zn -n 24000 --repeat 2 --seed 11 \
     -o data/study_zn.h5
+# the independent held-out file of the comparison study (validation/run_study.sh)
+test -f data/heldout_zn.h5 || $EXPERTSIM simulate --detector zn -n 200000 --repeat 2 --seed 21 \
+    --split 0,0,1 -o data/heldout_zn.h5
 $EXPERTSIM study --data data/study_zn.h5 --configs training/ablation --seeds "${SEEDS:-1}" \
-    -o studies/ablation_zn
+    --heldout data/heldout_zn.h5 -o studies/ablation_zn
