@@ -247,17 +247,22 @@ class ExperimentConfig:
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys -> values, e.g. {"loss.diversity": 0.1} (for experiment tracking)."""
-        out: dict[str, Any] = {}
+        return flatten(self.to_dict())
 
-        def walk(prefix: str, value: Any) -> None:
-            if isinstance(value, dict):
-                for key, inner in value.items():
-                    walk(f"{prefix}.{key}" if prefix else key, inner)
-            else:
-                out[prefix] = value
 
-        walk("", self.to_dict())
-        return out
+def flatten(values: dict[str, Any]) -> dict[str, Any]:
+    """A nested mapping as dotted keys -> leaf values, e.g. {"loss.diversity": 0.1}."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, inner)
+        else:
+            out[prefix] = value
+
+    walk("", values)
+    return out
 
 
 def _build(cls: type, values: Any, where: str, source: str) -> Any:
@@ -392,23 +397,14 @@ def _detector_section(sections: Any, values: dict[str, Any], source: str) -> dic
         if not isinstance(section, dict):
             raise ConfigError(f"{source}: 'detectors.{name}' must be a mapping of sections, "
                               f"got {section!r}")
-        for key in _flat_keys(section):
+        for key in flatten(section):
             if key.startswith(_DETECTOR_FIXED):
                 raise ConfigError(f"{source}: 'detectors.{name}.{key}' cannot be set per "
                                   "detector (it decides which detector applies); set it at "
                                   "the top level")
         config_from_dict(_merged(values, section), f"{source}, detectors.{name}")
     detector = _data_detector(values, source).lower()
-    chosen = {key.lower(): section for key, section in sections.items()}.get(detector, {})
-    return chosen
-
-
-def _flat_keys(values: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for key, value in values.items():
-        dotted = f"{prefix}{key}"
-        keys += _flat_keys(value, dotted + ".") if isinstance(value, dict) else [dotted]
-    return keys
+    return {key.lower(): section for key, section in sections.items()}.get(detector, {})
 
 
 def _merged(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -196,6 +196,13 @@ def test_heldout_file_gets_its_own_table_and_reuses_reports(study, zn_file, tmp_
     assert "validating cgan seed 0" in log and "validating expertsim-3" not in log
     assert json.loads((output / "study.json").read_text())["heldout"]["rows"][1] == \
         held["rows"][1]
+    # a complete report made for another model file is not taken for this one's
+    shutil.rmtree(output / "heldout/cgan/seed0")
+    shutil.copytree(output / "heldout/expertsim-3/seed0", output / "heldout/cgan/seed0")
+    log = CliRunner().invoke(main, args, catch_exceptions=False).output
+    assert "validating cgan seed 0" in log and "validating expertsim-3" not in log
+    assert json.loads((output / "study.json").read_text())["heldout"]["rows"][0] == \
+        held["rows"][0]
     other = simulate_file(tmp_path / "other.h5", "ZN", 600, seed=32, repeat=2)
     args[args.index(str(heldout))] = str(other)
     refused = CliRunner().invoke(main, args)
