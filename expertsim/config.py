@@ -21,6 +21,8 @@ import yaml
 from expertsim.detector import DETECTORS
 from expertsim.errors import ConfigError
 
+ENERGY_SCALE_NAMES = ("image", "quadrants", "blocks", "fibres")  # loss.energy_scales, in order
+
 
 def _positive(section: str, **values: float) -> None:
     for name, value in values.items():
@@ -80,6 +82,12 @@ class ModelConfig:
     # radial: positional + radial channels around the predicted centre, one per width below
     conditioning: str = "plain"
     radial_fibres: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)  # widths [fibres], radial only
+    # the discriminators also see log(1 + photons) of the image and its quadrants (not
+    # published; expertsim.models.experts.ExpertDiscriminator)
+    discriminator_sums: bool = False
+    # the generators draw the photon sum with a head of its own and the shape as a softmax
+    # over the fibres (not published; expertsim.models.experts.ExpertGenerator)
+    intensity_head: bool = False
 
     def __post_init__(self) -> None:
         if self.dispatch not in ("gather", "dense", "loop"):
@@ -118,6 +126,10 @@ class LossConfig:
     # particle at its real response, at three scales (expertsim.models.losses.energy_score);
     # teaches the shower-to-shower fluctuations, which the pixel term averages away; 0 = off
     energy_score: float = 0.0
+    # the energy score's weight at each of its scales: the whole image, the quadrants, the
+    # ENERGY_BLOCK-fibre blocks and the fibres (expertsim.models.losses.energy_score); any
+    # positive weights keep it a proper scoring rule
+    energy_scales: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
     router_gan: float = 0.1  # published
     differentiation: float = 0.1  # published
     utilisation_entropy: float = 0.1  # not published: our choice (0.01 let an expert die in
@@ -125,7 +137,14 @@ class LossConfig:
     load_balancing: float = 1e-7  # published
 
     def __post_init__(self) -> None:
-        _non_negative("loss", **dataclasses.asdict(self))
+        weights = dataclasses.asdict(self)
+        scales = weights.pop("energy_scales")
+        _non_negative("loss", **weights)
+        if (len(scales) != len(ENERGY_SCALE_NAMES)
+                or not all(0 <= w < math.inf for w in scales) or not any(scales)):
+            raise ConfigError(f"loss.energy_scales must be {len(ENERGY_SCALE_NAMES)} weights >= 0 "
+                              f"({', '.join(ENERGY_SCALE_NAMES)}), not all 0; got "
+                              f"{list(scales)}")
 
 
 @dataclass(frozen=True)

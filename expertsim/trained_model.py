@@ -41,7 +41,7 @@ def build_mixture(model: ModelConfig, image_shape: tuple[int, int],
     router = Router(model.n_experts, model.router_hidden)
     generator = ExpertGenerator(model.n_experts, tuple(image_shape), model.noise_dim,
                                 model.generator_channels, model.dispatch, model.conditioning,
-                                model.radial_fibres)
+                                model.radial_fibres, model.intensity_head)
     if generator.features is not None and scaler is not None:
         generator.features.set_scaler(scaler.mean, scaler.scale)
     return MixtureOfExperts(router, generator)

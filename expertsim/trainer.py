@@ -312,7 +312,7 @@ class Trainer:
         self.discriminator = ExpertDiscriminator(
             n_experts, self.image_shape, model.discriminator_channels,
             model.discriminator_features, model.dispatch, model.conditioning,
-            model.radial_fibres)
+            model.radial_fibres, model.discriminator_sums)
         if self.discriminator.features is not None:
             self.discriminator.features.set_scaler(self.loader.scaler.mean,
                                                    self.loader.scaler.scale)
@@ -334,9 +334,10 @@ class Trainer:
     def _calibrate_positions(self) -> None:
         """Positional conditioning: fit the shower-placement maps of generators and
         discriminators to the centroids of up to CALIBRATION_EVENTS training showers (the same
-        rows on every rank). A resumed run then loads its trained weights over them."""
+        rows on every rank); the intensity head (model.intensity_head): its linear map to their
+        log photon sums. A resumed run then loads its trained weights over them."""
         self.placement_rms: float | None = None  # the generator fit's RMS residual
-        if self.generator.position is None:
+        if self.generator.position is None and self.generator.intensity is None:
             return
         data = self.config.data
         with EventFile(data.path) as events:
@@ -347,8 +348,11 @@ class Trainer:
         centre_N2, valid_N = losses.image_centroid(torch.log1p(photons))
         keep = valid_N > 0
         if int(keep.sum()) < 2 * N_PLACEMENT:
-            return  # too few showers to fit; the map starts at zero and is learned
+            return  # too few showers to fit; the maps start at zero and are learned
         c_NK = torch.from_numpy(conditions)[keep].to(self.device)
+        self.generator.calibrate_intensity(c_NK, photons[keep].sum(dim=(1, 2)).to(self.device))
+        if self.generator.position is None:
+            return
         centre_N2 = centre_N2[keep].to(self.device)
         self.placement_rms = calibrate_position(self.generator, c_NK, centre_N2)
         calibrate_position(self.discriminator, c_NK, centre_N2)
@@ -603,7 +607,7 @@ class Trainer:
                            else counted_log_image(fake_BHW, routing.uniform_BHW))
             energy_B = losses.energy_score(counted_BHW,
                                            counted_log_image(fake2_BHW, routing.uniform2_BHW),
-                                           events.x_BHW)
+                                           events.x_BHW, weights.energy_scales)
         intensity_B, auxiliary_B, pixel_B, centroid_B = self._anchor_terms(fake_BHW, events,
                                                                             routing, zero_B)
         return fake_BHW, features_BF, (adversarial_B, diversity_B, intensity_B, auxiliary_B,

@@ -32,6 +32,10 @@ metrics.json (schema_version 4):
         median width difference (fibres), their ratio, n (non-empty pairs); with two or more
         generations also centroid_spread and width_spread: generation 1 vs generation 2 of
         the same particle against MC A vs MC B (added in schema_version 4, December 2026)
+    photon_sum_spread: with two or more generations, {unit, energy_edges_gev, all, 0, 1, 2:
+        {model_std, floor_std, ratio, n}}: the RMS over particles of (S1 - S2) / sqrt(2) for two
+        generations of a particle and for its two MC repeats (photons), for all particles and
+        per third of their energies (added December 2026); else null
     photon_sum: wasserstein (photons), ks; fraction_empty: generated, reference;
         mean_photon_sum: generated (pooled over generations), generated_se, reference
     headline_non_empty: the headline on the events with light only (generated non-empty
@@ -277,6 +281,36 @@ def _paired(first: dict, paired: dict, floor_pair: tuple[dict, dict] | None,
     return out
 
 
+def _photon_sum_spread(first: dict, second: dict | None, paired: dict,
+                       floor_pair: tuple[dict, dict] | None) -> dict[str, Any] | None:
+    """How much a particle's photon sum varies from one response to the next: the RMS over
+    particles of (S1 - S2) / sqrt(2), S1 and S2 two generations of the particle (the model)
+    or its two MC repeats (the floor), i.e. the shower-to-shower standard deviation at fixed
+    conditions; for all particles and per third of the particles' energies (groups made from
+    the conditions alone, so that neither pair is selected on its own fluctuations), with the
+    ratio (above 1: the model's photon sums scatter more than the simulation's for one
+    particle). None with one generation."""
+    if second is None:
+        return None
+    energy = paired["energy"]
+    edges = np.quantile(energy, [1 / 3, 2 / 3])
+    third = np.digitize(energy, edges)
+    groups = {"all": np.ones(len(energy), dtype=bool),
+              **{str(k): third == k for k in range(3)}}
+
+    def rms(a: np.ndarray, b: np.ndarray) -> float | None:
+        return float(np.sqrt(np.mean((a - b) ** 2) / 2)) if len(a) else None
+
+    out: dict[str, Any] = {"unit": "photons", "energy_edges_gev": edges.tolist()}
+    for label, mask in groups.items():
+        model = rms(first["photon_sum"][mask], second["photon_sum"][mask])
+        floor = (None if floor_pair is None
+                 else rms(floor_pair[0]["photon_sum"][mask], floor_pair[1]["photon_sum"][mask]))
+        out[label] = {"model_std": model, "floor_std": floor, "n": int(mask.sum()),
+                      "ratio": model / floor if model is not None and floor else None}
+    return out
+
+
 def select_reference(path: str | os.PathLike, output: str | os.PathLike, *, split: str = "all",
                      min_photon_sum: float | None = None, max_events: int | None = None
                      ) -> Path:
@@ -344,6 +378,8 @@ def validate(generated_paths: list[str | os.PathLike], reference_path: str | os.
         "uncertainty": uncertainty,
         "paired": _paired(first, paired, floor_pair,
                           scored[1][1] if len(scored) > 1 else None),
+        "photon_sum_spread": _photon_sum_spread(first, scored[1][1] if len(scored) > 1
+                                                else None, paired, floor_pair),
         **{k: comparisons[0][k] for k in ("photon_sum", "fraction_empty", *SHAPE_KEYS)},
         "mean_photon_sum": _mean_photon_sum([g for _, g, _ in scored], paired),
         "classifier_auc": metrics.classifier_auc(_classifier_features(first),
@@ -798,6 +834,12 @@ def summary_lines(report: dict) -> list[str]:
                          f"{_fmt(spread['model_median'], digits=2)} fibres (MC repeats "
                          f"{_fmt(spread['floor_median'], digits=2)}; ratio "
                          f"{_fmt(spread['ratio'], digits=2)})")
+        sums = report.get("photon_sum_spread")
+        if sums is not None:
+            lines.append("photon-sum scatter of one particle (RMS over particles, photons): "
+                         + "; ".join(f"{label} {_fmt(v['model_std'], digits=1)} (MC "
+                                     f"repeats {_fmt(v['floor_std'], digits=1)})"
+                                     for label, v in _spread_groups(sums)))
     lines.append(f"classifier AUC {report['classifier_auc']:.3f}"
                  + (f" (MC vs MC {floor['classifier_auc']:.3f})" if floor else ""))
     non_empty, gate = report.get("headline_non_empty"), report.get("gate")
@@ -832,6 +874,17 @@ def threshold_status(report: dict) -> str:
     if report["passed"]:
         return f"all {len(limits)} hold (PASSED)"
     return "FAILED: " + "; ".join(report["failed_thresholds"])
+
+
+def _spread_groups(sums: dict | None) -> list[tuple[str, dict]]:
+    """(label, entry) of a photon_sum_spread section: all particles, then each energy third
+    with its range (GeV)."""
+    if not sums:
+        return []
+    low, high = sums["energy_edges_gev"]
+    ranges = [f"E < {low:.0f} GeV", f"{low:.0f} <= E < {high:.0f} GeV", f"E >= {high:.0f} GeV"]
+    return [("all particles", sums["all"]), *((f"energy third {k} ({ranges[k]})", sums[str(k)])
+                                              for k in range(3))]
 
 
 def _fmt(value: float | None, interval: list[float] | None = None, digits: int = 3) -> str:
@@ -927,6 +980,9 @@ def _metric_rows(report: dict) -> list[tuple[str, str, str]]:
                 _fmt(paired["centroid_spread"]["model_median"], digits=2),
                 _fmt(paired["centroid_spread"]["floor_median"], digits=2))]
               if "centroid_spread" in paired else []),
+            *([(f"photon-sum scatter of one particle, {label} (RMS, photons)",
+                _fmt(value["model_std"], digits=1), _fmt(value["floor_std"], digits=1))
+               for label, value in _spread_groups(report.get("photon_sum_spread"))]),
             ("photon-sum WS (photons)", _fmt(report["photon_sum"]["wasserstein"]),
              _fmt(floor["photon_sum"]["wasserstein"]) if floor else "n/a"),
             ("photon-sum KS", _fmt(report["photon_sum"]["ks"]),

@@ -32,6 +32,12 @@ def test_overrides_are_typed(tmp_path):
         load_config(path, ["loss.diversity=-1"])
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config(path, ["epochs"])
+    assert load_config(path, ["loss.energy_scales=[4, 2, 1, 1]"]).loss.energy_scales == (
+        4.0, 2.0, 1.0, 1.0)
+    for bad in ("[1, 1, 1]", "[0, 0, 0, 0]", "[1, -1, 1, 1]"):
+        with pytest.raises(ConfigError, match=r"loss.energy_scales must be 4 weights >= 0 "
+                                              r"\(image, quadrants, blocks, fibres\)"):
+            load_config(path, [f"loss.energy_scales={bad}"])
 
 
 PER_DETECTOR = """\

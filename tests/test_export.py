@@ -63,12 +63,13 @@ def spread_routing(model_path):
     return model_path
 
 
-@pytest.fixture(scope="module", params=["zn", "zp", "zn-radial"])
+@pytest.fixture(scope="module", params=["zn", "zp", "zn-radial", "zp-radial-intensity"])
 def exported(request, tmp_path_factory):
-    detector, _, conditioning = request.param.partition("-")
+    detector, conditioning, head = (request.param + "--").split("-")[:3]
     data = request.getfixturevalue(f"{detector}_file")
     folder = tmp_path_factory.mktemp(f"export_{request.param}")
-    model = spread_routing(make_model(data, folder, conditioning or "plain"))
+    model = spread_routing(make_model(data, folder, conditioning or "plain",
+                                      intensity_head=head == "intensity"))
     result = CliRunner().invoke(main, ["export", "--model", str(model), "--format", "onnx",
                                        "-o", str(folder / "onnx"), "--check-events", "300"])
     assert result.exit_code == 0, result.output

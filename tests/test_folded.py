@@ -47,11 +47,13 @@ def test_shifted_cells_are_the_shifted_grid_with_zero_padding(length, covered, e
     assert torch.equal(mask, shift_factors(torch.ones(1, 1, length))[0, :, 0])
 
 
-@pytest.mark.parametrize("conditioning", ["plain", "positional", "radial"])
+@pytest.mark.parametrize("conditioning", ["plain", "positional", "radial", "radial-intensity"])
 @pytest.mark.parametrize("shape", [(44, 44), (56, 30)])
 def test_a_folded_expert_draws_the_experts_images(shape, conditioning):
     torch.manual_seed(2)
-    generator = ExpertGenerator(3, shape, channels=16, conditioning=conditioning).eval()
+    conditioning, _, head = conditioning.partition("-")
+    generator = ExpertGenerator(3, shape, channels=16, conditioning=conditioning,
+                                intensity=head == "intensity").eval()
     with torch.no_grad():  # biases up, so that the ReLU output is not all zeros
         generator.conv_out.bias.add_(1.0)
         if generator.position is not None:  # centres spread over the face

@@ -180,3 +180,11 @@ def test_energy_score_is_smallest_when_the_generated_spread_is_the_real_one():
     assert scores[0.3] < scores[0.6] - 0.05
     # two generations identical to the real response: 0 up to the norm's smoothing
     assert losses.energy_score(real[:5], real[:5], real[:5]).abs().max() < 1e-3
+    # the score is the weighted sum of its four scales' scores
+    a, b, y = showers(0.6, 50), showers(0.6, 50), real[:50]
+    alone = [losses.energy_score(a, b, y, tuple(float(i == k) for i in range(4)))
+             for k in range(4)]
+    assert all((scale > 0).any() for scale in alone)
+    torch.testing.assert_close(losses.energy_score(a, b, y), sum(alone))
+    torch.testing.assert_close(losses.energy_score(a, b, y, (3.0, 1.0, 0.0, 2.0)),
+                               3 * alone[0] + alone[1] + 2 * alone[3])

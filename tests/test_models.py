@@ -126,3 +126,47 @@ def test_the_router_bias_rebalances_and_old_files_load_without_it():
     state = {k: v for k, v in Router(3).state_dict().items() if k != "balance_bias_E"}
     router.load_state_dict(state)  # a model file written before the bias existed
     assert torch.equal(router.balance_bias_E, torch.zeros(3))
+
+
+def test_the_intensity_head_draws_the_photon_sum_and_its_calibration_fits_log_sums():
+    torch.manual_seed(4)
+    generator = ExpertGenerator(2, (56, 30), channels=8, conditioning="radial", intensity=True)
+    c = torch.randn(400, 9)
+    features = generator.features(c)
+    # photon sums log-linear in two of the features, with a 10 % scatter
+    log_sum = 5.0 + 0.8 * features[:, 0] - 0.3 * features[:, 10] + 0.1 * torch.randn(400)
+    residual = generator.calibrate_intensity(c, torch.exp(log_sum))
+    assert 0.08 < residual < 0.12  # the scatter is all that is left
+    z, expert = torch.randn(400, 10), torch.randint(0, 2, (400,))
+    with torch.no_grad():
+        images = generator(z, c, expert)
+        drawn = generator.intensity.draw(z, features, lambda layer, x: layer(x, expert))
+    # the image holds exactly the head's sum, which starts at the fitted map (MLP output 0)
+    torch.testing.assert_close(torch.expm1(images).sum(dim=(1, 2)), torch.exp(drawn[:, 0]),
+                               rtol=1e-4, atol=1e-3)
+    assert (drawn[:, 0] - log_sum).pow(2).mean().sqrt() < 0.12
+    assert generator.intensity.out.weight.abs().max() == 0
+    plain = ExpertGenerator(2, (56, 30), channels=8)
+    assert plain.intensity is None and plain.calibrate_intensity(c, torch.exp(log_sum)) is None
+
+
+def test_discriminator_sums_are_the_log_photons_of_the_image_and_its_quadrants():
+    from expertsim.models.experts import SUM_SCALE, coarse_sums
+
+    photons = torch.zeros(2, 56, 30)
+    photons[0, 0, 0], photons[0, 40, 20], photons[1, 10, 29] = 3.0, 7.0, 100.0
+    sums = coarse_sums(torch.log1p(photons)) / SUM_SCALE
+    expected = torch.log1p(torch.tensor([[10.0, 3.0, 0.0, 0.0, 7.0], [100.0, 0.0, 100.0, 0.0,
+                                                                      0.0]]))
+    torch.testing.assert_close(sums, expected)
+    torch.manual_seed(0)
+    with_sums = ExpertDiscriminator(1, (56, 30), 4, 8, conditioning="radial", sums=True)
+    logits, _ = with_sums(torch.log1p(photons), torch.randn(2, 9), torch.zeros(2, dtype=int))
+    assert with_sums.hidden.weight.shape[1] == without_sums_inputs() + 5
+    assert torch.isfinite(logits).all()
+
+
+def without_sums_inputs():
+    """The dense layer's inputs without the sums: convolution features and conditions."""
+    return (ExpertDiscriminator(1, (56, 30), 4, 8, conditioning="radial")
+            .hidden.weight.shape[1])

@@ -15,13 +15,13 @@ from expertsim.sampling import Shard, merge_shards, sample_to_file
 from tests.test_trainer import tiny_config
 
 
-def make_model(data, output, conditioning="plain"):
+def make_model(data, output, conditioning="plain", intensity_head=False):
     """A model file trained for 3 steps on ``data``, its output lifted to real photons."""
     from expertsim.trainer import Trainer
 
     config = tiny_config(data, output, max_steps=3)
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model,
-                                                                   conditioning=conditioning))
+    config = dataclasses.replace(config, model=dataclasses.replace(
+        config.model, conditioning=conditioning, intensity_head=intensity_head))
     trainer = Trainer(config)
     trainer.fit()
     # After 3 steps every fibre would round to 0 photons; lift the output so that the noise

@@ -112,6 +112,15 @@ def test_report_has_every_documented_number(reference, tmp_path, monkeypatch):
     assert spread["floor_median"] == report["paired"]["centroid_distance"]["floor_median"]
     assert 0.8 < spread["ratio"] < 1.25 and spread["n"] > 1000
     assert "between two generations" in page
+    # ... and scatter their photon sums as much, in every third of the energies
+    sums = report["photon_sum_spread"]
+    assert set(sums) == {"unit", "energy_edges_gev", "all", "0", "1", "2"}
+    assert sums["all"]["n"] == 3000 and sums["0"]["n"] + sums["1"]["n"] + sums["2"]["n"] == 3000
+    assert all(0.8 < sums[group]["ratio"] < 1.25 for group in ("all", "1", "2")), sums
+    # below ~17 GeV a particle leaves a photon or two: that third's RMS rests on a few events
+    assert 0.6 < sums["0"]["ratio"] < 1.6, sums
+    assert sums["2"]["floor_std"] > sums["0"]["floor_std"] > 0
+    assert "photon-sum scatter of one particle, energy third 2 (E &gt;= " in page
 
 
 def test_the_spread_between_generations_is_zero_for_a_generator_that_ignores_its_noise():
@@ -127,6 +136,28 @@ def test_the_spread_between_generations_is_zero_for_a_generator_that_ignores_its
     assert paired["centroid_spread"]["ratio"] == 0.0
     assert paired["centroid_distance"]["ratio"] > 0.3
     assert "centroid_spread" not in _paired(features, mc_b, (mc_a, mc_b))
+
+
+def test_photon_sum_scatter_is_the_shower_to_shower_spread_of_one_particle():
+    from expertsim.validation import _photon_sum_spread
+
+    rng = np.random.default_rng(6)
+    energy = rng.uniform(10, 1000, 6000)
+    mean = 2.0 * energy
+    draw = {k: {"photon_sum": mean + rng.normal(scale=0.1 * mean), "energy": energy}
+            for k in ("a", "b", "wide")}
+    draw["wide"]["photon_sum"] = mean + rng.normal(scale=0.2 * mean)
+    spread = _photon_sum_spread(draw["wide"], draw["a"], draw["b"], (draw["a"], draw["b"]))
+    # the floor estimates the 10 % scatter, the model pair 1/sqrt(2) of 10 % (+) 20 %
+    assert spread["energy_edges_gev"] == pytest.approx([340, 670], abs=25)
+    top = energy >= spread["energy_edges_gev"][1]
+    expected = 0.1 * np.sqrt(np.mean(mean[top] ** 2))
+    assert spread["2"]["n"] == top.sum()
+    assert spread["2"]["floor_std"] == pytest.approx(expected, rel=0.05)
+    assert spread["2"]["ratio"] == pytest.approx(np.sqrt(5 / 2), rel=0.08)
+    assert spread["all"]["n"] == 6000 and spread["unit"] == "photons"
+    assert _photon_sum_spread(draw["a"], None, draw["b"], None) is None
+    assert _photon_sum_spread(draw["a"], draw["b"], draw["b"], None)["all"]["floor_std"] is None
 
 
 @pytest.mark.slow

@@ -224,7 +224,8 @@ class FoldedExpert(nn.Module):
         with torch.autocast(y.device.type, enabled=False):  # one channel: float32 is cheap
             y = self._add_extra_(y, on_canvas, self.extra3, canvas)
         rows, cols = generator.image_shape
-        return F.relu(y[:, :rows, :cols, 0])
+        return generator.output(y[:, :rows, :cols, 0], z_BZ, f_BF,
+                                lambda layer, x: layer.single(x, expert))
 
     @staticmethod
     def _add_extra_(y_BHWO: torch.Tensor, factors: tuple | None, kernel: torch.Tensor,

@@ -91,12 +91,13 @@ def _scales(photons_BHW: torch.Tensor) -> list[torch.Tensor]:
                                            blocks.flatten(1), photons_BHW.flatten(1))]
 
 
-def energy_score(fake1_BHW: torch.Tensor, fake2_BHW: torch.Tensor, real_BHW: torch.Tensor
-                 ) -> torch.Tensor:
+def energy_score(fake1_BHW: torch.Tensor, fake2_BHW: torch.Tensor, real_BHW: torch.Tensor,
+                 weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)) -> torch.Tensor:
     """Energy score of the generated distribution at the real response, per event: for each
     scale of :func:`_scales`, (|a - y| + |b - y|) / 2 - |a - b| / 2 with a, b two
     generations of the same particle (independent noise and independent counting), y the
-    real response and |.| the Euclidean norm; summed over the scales.
+    real response and |.| the Euclidean norm; summed over the scales with ``weights`` (one
+    per scale, in _scales' order).
 
     A proper scoring rule (Gneiting and Raftery 2007; SOURCES.md): its expectation over the
     real responses of a particle is smallest when the generated responses of that particle
@@ -107,8 +108,10 @@ def energy_score(fake1_BHW: torch.Tensor, fake2_BHW: torch.Tensor, real_BHW: tor
     """
     images = [torch.expm1(v.float()).clamp(min=0.0) for v in (fake1_BHW, fake2_BHW, real_BHW)]
     score_B = torch.zeros(real_BHW.shape[0], device=real_BHW.device)
-    for a_BF, b_BF, y_BF in zip(*(_scales(v) for v in images)):
-        score_B = score_B + 0.5 * (_norm(a_BF - y_BF) + _norm(b_BF - y_BF) - _norm(a_BF - b_BF))
+    for weight, a_BF, b_BF, y_BF in zip(weights, *(_scales(v) for v in images),
+                                        strict=True):
+        score_B = score_B + 0.5 * weight * (_norm(a_BF - y_BF) + _norm(b_BF - y_BF)
+                                            - _norm(a_BF - b_BF))
     return score_B
 
 
