@@ -326,12 +326,12 @@ class Trainer:
                                             optim.lr_discriminator, betas)
         self.opt_aux = torch.optim.Adam(self.aux.parameters(), optim.lr_aux, betas)
         self.opt_router = torch.optim.Adam(self.router.parameters(), optim.lr_router, betas)
-        self._calibrate_positions()
+        self._calibrate_heads()
         self.generator_ema = None
         if self.config.train.ema_decay > 0:
             self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
 
-    def _calibrate_positions(self) -> None:
+    def _calibrate_heads(self) -> None:
         """Positional conditioning: fit the shower-placement maps of generators and
         discriminators to the centroids of up to CALIBRATION_EVENTS training showers (the same
         rows on every rank); the intensity head (model.intensity_head): its linear map to their

@@ -11,6 +11,7 @@ from torch import nn
 from expertsim.models.conditioning import (N_CONDITIONS, N_DERIVED, N_PLACEMENT,
                                            ConditionFeatures, centred_coordinates)
 from expertsim.models.layers import ExpertConv2d, ExpertLinear
+from expertsim.models.losses import quadrant_sums
 
 CONDITIONINGS = ("plain", "positional", "radial")
 POSITION_HIDDEN = 32
@@ -250,12 +251,7 @@ SUM_SCALE = 0.25  # log(1 + photons) of 0-3,000 photons -> 0-2
 def coarse_sums(x_BHW: torch.Tensor) -> torch.Tensor:
     """log(1 + photons) images (B, H, W) -> (B, 5): SUM_SCALE * log(1 + photons) of the whole
     image and of its four quadrants (row-major), in float32."""
-    photons_BHW = torch.expm1(x_BHW.float()).clamp(min=0.0)
-    half_r, half_c = photons_BHW.shape[1] // 2, photons_BHW.shape[2] // 2
-    quadrants_B4 = torch.stack([photons_BHW[:, :half_r, :half_c].sum(dim=(1, 2)),
-                                photons_BHW[:, :half_r, half_c:].sum(dim=(1, 2)),
-                                photons_BHW[:, half_r:, :half_c].sum(dim=(1, 2)),
-                                photons_BHW[:, half_r:, half_c:].sum(dim=(1, 2))], dim=1)
+    quadrants_B4 = quadrant_sums(torch.expm1(x_BHW.float()).clamp(min=0.0))
     return SUM_SCALE * torch.log1p(torch.cat([quadrants_B4.sum(dim=1, keepdim=True),
                                               quadrants_B4], dim=1))
 

@@ -72,17 +72,23 @@ def pixel_likelihood(fake_BHW: torch.Tensor, real_BHW: torch.Tensor,
 ENERGY_BLOCK = 4  # fibres per side of the middle scale of energy_score
 
 
+def quadrant_sums(photons_BHW: torch.Tensor) -> torch.Tensor:
+    """Photons of the four quadrants of each image (B, 4), row-major (top-left, top-right,
+    bottom-left, bottom-right); an odd side's middle row or column goes to the second half."""
+    half_r, half_c = photons_BHW.shape[1] // 2, photons_BHW.shape[2] // 2
+    return torch.stack([photons_BHW[:, :half_r, :half_c].sum(dim=(1, 2)),
+                        photons_BHW[:, :half_r, half_c:].sum(dim=(1, 2)),
+                        photons_BHW[:, half_r:, :half_c].sum(dim=(1, 2)),
+                        photons_BHW[:, half_r:, half_c:].sum(dim=(1, 2))], dim=1)
+
+
 def _scales(photons_BHW: torch.Tensor) -> list[torch.Tensor]:
     """sqrt(1 + photons) of the whole image (B, 1), of its four quadrants (B, 4), of its
     ENERGY_BLOCK x ENERGY_BLOCK blocks (B, blocks) and of every fibre (B, H * W): the
     intensity, the towers, the shower's shape and its fine structure (sparse halo fibres).
     sqrt tempers the heavy tail of the photon sums so that dim and bright events both count."""
     batch, rows, cols = photons_BHW.shape
-    half_r, half_c = rows // 2, cols // 2
-    quadrants_B4 = torch.stack([photons_BHW[:, :half_r, :half_c].sum(dim=(1, 2)),
-                                photons_BHW[:, :half_r, half_c:].sum(dim=(1, 2)),
-                                photons_BHW[:, half_r:, :half_c].sum(dim=(1, 2)),
-                                photons_BHW[:, half_r:, half_c:].sum(dim=(1, 2))], dim=1)
+    quadrants_B4 = quadrant_sums(photons_BHW)
     pad_r, pad_c = -rows % ENERGY_BLOCK, -cols % ENERGY_BLOCK
     padded = F.pad(photons_BHW, (0, pad_c, 0, pad_r))
     blocks = padded.view(batch, (rows + pad_r) // ENERGY_BLOCK, ENERGY_BLOCK,
