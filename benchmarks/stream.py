@@ -34,7 +34,7 @@ from expertsim.o2 import O2Replica
 from expertsim.sampling import sample_to_file
 
 
-def _timed(run, repeats: int) -> float:
+def timed(run, repeats: int) -> float:
     run()  # warm-up
     times = []
     for _ in range(repeats):
@@ -47,7 +47,7 @@ def _timed(run, repeats: int) -> float:
 def _sampler_seconds(model: str, npz: Path, output: Path, layout: str, repeats: int) -> float:
     workers, threads = (int(v) for v in layout.split("x"))
     torch.set_num_threads(threads)
-    return _timed(lambda: sample_to_file(model, npz, output, seed=0, workers=workers),
+    return timed(lambda: sample_to_file(model, npz, output, seed=0, workers=workers),
                   repeats)
 
 
@@ -60,7 +60,7 @@ def measure(model: str, export: str, conditions: np.ndarray, repeats: int,
                for layout in layouts}
     torch.set_num_threads(1)
     replica = O2Replica(export, threads=1, seed=0)
-    replica_s = _timed(lambda: replica.run(conditions), repeats)
+    replica_s = timed(lambda: replica.run(conditions), repeats)
     images, _, _ = replica.run(conditions)
     return {"n_particles": len(conditions),
             "replica_empty_fraction": float((images.sum(axis=(1, 2)) == 0).mean()),

@@ -34,12 +34,15 @@ import torch
 from expertsim.errors import ConfigError, DataSchemaError
 from expertsim.eventfile import (CONDITION_COLUMNS, EventFile, EventFileWriter, check_conditions,
                                  check_event_file, read_raw_conditions)
+from expertsim.photon_counts import FAINT_UP_TO
 from expertsim.provenance import file_sha256, make_provenance
 from expertsim.trained_model import TrainedModel
 
 NOISE_BLOCK = 4096
 WORKER_BATCH = 1024  # rows per worker task: small enough to keep every worker busy to the end
-COUNTING = "Poisson by inversion; uniforms splitmix64-keyed by (seed, row, fibre)"
+COUNTING = ("Poisson by inversion; uniforms splitmix64-keyed by (seed, row, index); fibres "
+            f"expecting at most {FAINT_UP_TO} photons drawn as one total per row, placed "
+            "multinomially")
 
 
 @dataclass(frozen=True)
@@ -352,6 +355,7 @@ def _checked_shards(shards: list[str | os.PathLike]) -> list[tuple]:
                 ("model (SHA-256)", config["model_sha256"], reference_config["model_sha256"]),
                 ("seed", info.provenance.get("seed"), reference.provenance.get("seed")),
                 ("repeat", config["repeat"], reference_config["repeat"]),
+                ("counting", config.get("counting"), reference_config.get("counting")),
                 ("shard count", config["shard"][1], reference_config["shard"][1]),
                 ("number of conditions", config["n_conditions"],
                  reference_config["n_conditions"])):

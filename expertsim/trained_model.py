@@ -8,7 +8,7 @@ validation pass, the study and the benchmarks all run one path:
     raw conditions (N, 9) --scale--> c_NK --gate (expertsim.gate)--> leaves light or empty
     c_NK --router--> expert_N
     (z_NZ, c_NK) --routed expert--> log(1 + expected photons) (N, H, W)
-    --expm1--> expected photons --Poisson given >= 1 photon, keyed (seed, row, fibre)-->
+    --expm1--> expected photons --Poisson given >= 1 photon, keyed (seed, row)-->
     whole photons (expertsim.photon_counts)
 
 Legend: N events, Z noise width, K = 9 conditions, H x W image.

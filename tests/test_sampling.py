@@ -122,7 +122,8 @@ def test_shards_merge_into_the_unsharded_run(model_file, zn_file, tmp_path):
         assert np.array_equal(read(tmp_path / "all.h5", key), read(tmp_path / "merged.h5", key))
 
 
-def test_merge_refuses_inconsistent_or_missing_shards(model_file, zn_file, tmp_path):
+def test_merge_refuses_inconsistent_or_missing_shards(model_file, zn_file, tmp_path,
+                                                      monkeypatch):
     first = sample_to_file(model_file, zn_file, tmp_path / "s0.h5", seed=3, shard=Shard(0, 2))
     other_seed = sample_to_file(model_file, zn_file, tmp_path / "s1.h5", seed=4,
                                 shard=Shard(1, 2))
@@ -132,6 +133,12 @@ def test_merge_refuses_inconsistent_or_missing_shards(model_file, zn_file, tmp_p
         merge_shards([first], tmp_path / "merged.h5")
     with pytest.raises(DataSchemaError, match="not a shard"):
         merge_shards([first, zn_file], tmp_path / "merged.h5")
+    # a shard drawn by another version's counting scheme: the same law, other events
+    monkeypatch.setattr("expertsim.sampling.COUNTING", "an earlier scheme")
+    older = sample_to_file(model_file, zn_file, tmp_path / "s1_older.h5", seed=3,
+                           shard=Shard(1, 2))
+    with pytest.raises(DataSchemaError, match="counting 'an earlier scheme' differs"):
+        merge_shards([first, older], tmp_path / "merged.h5")
     assert not (tmp_path / "merged.h5").exists()
 
 
@@ -199,6 +206,34 @@ def test_keyed_poisson_draws_follow_the_poisson_distribution(mean):
     sigma = np.sqrt(expected * (1 - expected) / n) + 1e-5
     assert np.all(np.abs(observed - expected) < 5 * sigma)
     assert abs(counts.mean() - mean) < 5 * np.sqrt(mean / n)
+
+
+@pytest.mark.parametrize("faint_up_to", [0.1, 0.0])
+def test_faint_fibres_drawn_as_one_total_keep_every_fibres_poisson_law(faint_up_to):
+    """The faint fibres of a row are drawn as one Poisson total placed multinomially (0: each
+    on its own): each fibre's count still follows its own Poisson law (within 5 sigma of the
+    pmf on 10^5 rows), the counts of different fibres stay uncorrelated, and a fibre expecting
+    none gets none."""
+    import scipy.stats
+
+    from expertsim.photon_counts import poisson_counts
+
+    means = np.array([0.02, 0.05, 0.1, 0.0, 0.5, 4.0])  # 3 faint (at 0.1), 1 dark, 2 bright
+    n = 100_000
+    counts = poisson_counts(np.tile(means, (n, 1)).reshape(n, 2, 3), seed=5,
+                            faint_up_to=faint_up_to)
+    counts = counts.reshape(n, -1).astype(int)
+    assert counts[:, 3].sum() == 0
+    lit = np.nonzero(means > 0)[0]
+    for fibre in lit:
+        values = np.arange(int(means[fibre] + 8 * np.sqrt(means[fibre]) + 8))
+        observed = np.bincount(counts[:, fibre], minlength=len(values))[:len(values)] / n
+        expected = scipy.stats.poisson.pmf(values, means[fibre])
+        sigma = np.sqrt(expected * (1 - expected) / n) + 1e-5
+        assert np.all(np.abs(observed - expected) < 5 * sigma), fibre
+    correlation = np.corrcoef(counts[:, lit].T)
+    off_diagonal = correlation[~np.eye(len(lit), dtype=bool)]
+    assert np.abs(off_diagonal).max() < 5 / np.sqrt(n)  # a fixed total would anticorrelate
 
 
 def test_keyed_uniforms_are_uniform_and_uncorrelated():

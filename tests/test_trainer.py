@@ -3,6 +3,7 @@
 import os
 import signal
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -131,12 +132,26 @@ def test_cli_exits_75_on_sigusr1_and_resumes(zn_file, tmp_path, monkeypatch):
                       "train: {epochs: 50, output_dir: out, threads: 1}\n"
                       "gate: {steps: 300}\n"
                       "tracking: {enabled: false}\n")
-    timer = threading.Timer(8.0, os.kill, (os.getpid(), signal.SIGUSR1))
-    timer.start()
+    done = threading.Event()
+
+    def signal_once_training():
+        """SIGUSR1 a second after the run installed its handler (not on a fixed timer: on a
+        loaded machine the set-up can outlast it, and the default action ends pytest)."""
+        deadline = time.monotonic() + 600
+        while not done.is_set() and time.monotonic() < deadline:
+            if signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None):
+                if not done.wait(1.0):
+                    os.kill(os.getpid(), signal.SIGUSR1)
+                return
+            time.sleep(0.05)
+
+    sender = threading.Thread(target=signal_once_training, daemon=True)
+    sender.start()
     try:
         result = CliRunner().invoke(main, ["train", "--config", str(config)])
     finally:
-        timer.cancel()
+        done.set()
+        sender.join()
     assert result.exit_code == 75, result.output
     assert (tmp_path / "out" / "checkpoint_last.pt").exists()
     result = CliRunner().invoke(main, ["train", "--config", str(config), "--set",
