@@ -148,7 +148,7 @@ def run_study(data: str | os.PathLike, configs: list[str | os.PathLike], output_
             _check_reusable(result, _run_config(run, data, overrides or [], tracking_uri),
                             result_path)
             log(f"[{index}/{len(runs)}] {run.name} seed {run.seed}: done before, reused")
-            results.append(result)
+            results.append({**result, "name": run.name})
             continue
         log(f"[{index}/{len(runs)}] {run.name} seed {run.seed}: training")
         started = time.perf_counter()
@@ -164,7 +164,7 @@ def run_study(data: str | os.PathLike, configs: list[str | os.PathLike], output_
     study = summarise(results + lookup, data, output_dir, tracking_uri)
     if heldout is not None and results:
         study["heldout"] = heldout_rows(results, data, Path(heldout), output_dir, generations,
-                                        log)
+                                        log, check_size=study["n_test_pairs"])
     write_text(output_dir / "study.json", json.dumps(study, indent=2))
     write_text(output_dir / "table.md", markdown_table(study))
     write_study_plots(results, output_dir)
@@ -203,7 +203,7 @@ def _lookup(data: Path, output_dir: Path, results: list[dict], log) -> list[dict
 
 
 def heldout_rows(results: list[dict], data: Path, heldout: Path, output_dir: Path,
-                 generations: int, log) -> dict[str, Any]:
+                 generations: int, log, check_size: int | None = None) -> dict[str, Any]:
     """Every run's model and the lookup table validated on an independent file's events with
     light (output_dir/heldout); one row per config, as in the study's table."""
     from expertsim.validation import select_reference, validate_lookup, validate_model
@@ -253,9 +253,17 @@ def heldout_rows(results: list[dict], data: Path, heldout: Path, output_dir: Pat
                                              for r in group])),
             "classifier_auc": float(np.mean([r["classifier_auc"] for r in group])),
             "auc_per_seed": [r["classifier_auc"] for r in group]})
-    _compare_with_best_single(rows)
+
+    def files_of(row: dict) -> list[Path]:
+        if row["n_experts"] == 0:
+            return [folder / "nn-lookup" / "lookup_0.h5"]
+        return [folder / row["model"] / f"seed{seed}" / "generated_0.h5" for seed in row["seeds"]]
+
+    paired = _paired_errors(rows, files_of, reference, check_size)
+    _compare_with_best_single(rows, None if paired is None else paired["se"])
     return {"file": str(heldout.resolve()), "n_events": check_event_file(reference).n_events,
-            "min_photon_sum": min_photon_sum, "rows": rows}
+            "min_photon_sum": min_photon_sum, "rows": rows,
+            "test_size_check": None if paired is None else paired["check"]}
 
 
 def _check_heldout_reference(reference: Path, heldout: Path, min_photon_sum) -> None:
@@ -302,8 +310,9 @@ def _run_config(run: StudyRun, data: Path, overrides: list[str], tracking_uri: s
         run_name=f"{run.name}-seed{run.seed}"))
 
 
-# settings that do not change what a run computes, or name where it was kept
-REUSE_IGNORED = ("tracking.", "train.output_dir", "train.log_every", "train.threads",
+# settings that do not change what a run computes, or name where it was kept or what it is
+# called (a config renamed without other changes reuses its runs under its new name)
+REUSE_IGNORED = ("name", "tracking.", "train.output_dir", "train.log_every", "train.threads",
                  "train.device")
 
 
@@ -447,10 +456,18 @@ def summarise(results: list[dict], data: Path, output_dir: Path, tracking_uri: s
     single GAN."""
     rows = [_row([r for r in results if r["name"] == name])
             for name in dict.fromkeys(r["name"] for r in results)]
-    _compare_with_best_single(rows)
+
+    def files_of(row: dict) -> list[Path]:
+        if row["n_experts"] == 0:
+            return [output_dir / "lookup" / "lookup_0.h5"]
+        return [output_dir / "runs" / row["model"] / f"seed{seed}" / "report" / "generated_0.h5"
+                for seed in row["seeds"]]
+
+    paired = _paired_errors(rows, files_of, Path(results[0]["reference"])) if results else None
+    _compare_with_best_single(rows, None if paired is None else paired["se"])
     return {"format": "expertsim-study", "version": __version__, "data": str(data.resolve()),
             "tracking_uri": tracking_uri, "n_test_events": _count(results),
-            "rows": rows}
+            "n_test_pairs": None if paired is None else paired["n_pairs"], "rows": rows}
 
 
 def _row(group: list[dict]) -> dict[str, Any]:
@@ -490,21 +507,67 @@ def _row(group: list[dict]) -> dict[str, Any]:
     }
 
 
-def _compare_with_best_single(rows: list[dict]) -> None:
+def _best_single(rows: list[dict]) -> dict | None:
+    """The single-expert row with the lowest channel-WS (None without one)."""
+    singles = [row for row in rows if row["n_experts"] == 1]
+    return min(singles, key=lambda row: row["ws_mean"]) if singles else None
+
+
+def _paired_errors(rows: list[dict], files_of: Callable[[dict], list[Path]], reference: Path,
+                   check_size: int | None = None) -> dict[str, Any] | None:
+    """Each row's channel-WS minus the best single GAN's, both scored on the same particles
+    of ``reference``, from the first generation of every seed (``files_of(row)``): {"se":
+    {model: standard error by half-sampling the particles with the same halves for both
+    (metrics.paired_difference_standard_error)}, "n_pairs": particles, "check": with
+    ``check_size``, the scatter of the trained rows' differences over disjoint subsets of
+    that many particles (metrics.disjoint_difference_spread; None below 3 subsets)}. None
+    without a single GAN, with a file missing or with too few particles."""
+    from expertsim.metrics import disjoint_difference_spread, paired_difference_standard_error
+    from expertsim.validation import MIN_UNITS_FOR_ERRORS, N_DRAWS, matched_channels
+
+    best = _best_single(rows)
+    files = {row["model"]: files_of(row) for row in rows}
+    if best is None or not all(path.exists() for paths in files.values() for path in paths):
+        return None
+    channels, reference_NC = matched_channels([p for paths in files.values() for p in paths],
+                                              reference)
+    if len(reference_NC) < MIN_UNITS_FOR_ERRORS:
+        return None
+    generated, start = {}, 0
+    for name, paths in files.items():
+        generated[name], start = channels[start:start + len(paths)], start + len(paths)
+    check = None
+    if check_size:
+        trained = {row["model"]: generated[row["model"]] for row in rows if row["n_experts"]}
+        check = disjoint_difference_spread(trained, reference_NC, best["model"], check_size)
+    return {"se": paired_difference_standard_error(generated, reference_NC, best["model"],
+                                                   n_draws=N_DRAWS),
+            "n_pairs": len(reference_NC),
+            "check": None if check is None or check["n_subsets"] < 3 else check}
+
+
+def _compare_with_best_single(rows: list[dict], paired_se: dict[str, float] | None = None
+                              ) -> None:
     """Adds ``vs_best_single_gan`` to every row: the difference in channel-WS to the best
     single-expert row, and whether it exceeds both the 95 % sampling interval of the
     difference and the two rows' seed spreads (None while a trained row has a single seed: its
-    seed spread is unknown; the lookup table has none)."""
-    singles = [row for row in rows if row["n_experts"] == 1]
-    if not singles:
+    seed spread is unknown; the lookup table has none). The interval is paired (``paired_se``:
+    both rows scored on the same particles, _paired_errors) where given, else it treats the
+    two rows' errors as independent, which overstates it."""
+    best = _best_single(rows)
+    if best is None:
         return
-    best = min(singles, key=lambda row: row["ws_mean"])
     for row in rows:
         delta = row["ws_mean"] - best["ws_mean"]
-        half_width = 1.96 * float(np.hypot(row["ws_se"], best["ws_se"]))
+        unpaired = float(np.hypot(row["ws_se"], best["ws_se"]))
+        se = (paired_se or {}).get(row["model"])
+        half_width = 1.96 * (unpaired if se is None else se)
         spread = row["ws_std_over_seeds"] + best["ws_std_over_seeds"]
         row["vs_best_single_gan"] = {
-            "best": best["model"], "delta": delta, "relative": delta / best["ws_mean"],
+            "best": best["model"], "best_ws_mean": best["ws_mean"], "delta": delta,
+            "relative": delta / best["ws_mean"],
+            "interval": "unpaired" if se is None else "paired half-sampling",
+            "se": unpaired if se is None else se, "unpaired_se": unpaired,
             "interval_half_width": half_width, "seed_spread": spread,
             "significant": (None if min(_n_seeds(row), _n_seeds(best)) < 2 else
                             row is not best and abs(delta) > max(half_width, spread))}
@@ -531,8 +594,9 @@ def markdown_table(study: dict[str, Any]) -> str:
         "ratio to the MC floor on the same particles and sample size "
         f"(floor {', '.join(f'{f:.2f}' for f in sorted(floors)) or 'n/a'}; 1 = as good as "
         "the simulation); centroid is the median generated-to-MC centroid distance over the "
-        "MC repeat-to-repeat one. vs best single GAN: relative difference, * where it exceeds "
-        "both the 95 % interval and the seed spreads, ? where a single seed leaves the spread "
+        "MC repeat-to-repeat one. vs best single GAN: relative difference (+- its 95 % "
+        "interval: paired, both models half-sampled on the same particles), * where it exceeds "
+        "both that interval and the seed spreads, ? where a single seed leaves the spread "
         "unknown. steps and train min: training steps and minutes (median over seeds). "
         "Lower is better. MLflow store: "
         + study["tracking_uri"] + ".",
@@ -554,7 +618,31 @@ def markdown_table(study: dict[str, Any]) -> str:
             f"{_cell(row['sample_events_per_s'], ',.0f')} | {row['parameters']:,} |")
     if study.get("heldout"):
         lines += ["", *_heldout_table(study["heldout"])]
+        lines += _test_size_lines(study)
     return "\n".join(lines) + "\n"
+
+
+def _test_size_lines(study: dict[str, Any]) -> list[str]:
+    """The held-out check of the test split's intervals of the differences, as a sentence."""
+    check = study["heldout"].get("test_size_check")
+    if not check:
+        return []
+    test_rows = {row["model"]: row for row in study["rows"]}
+    parts = []
+    for name, std in check["std"].items():
+        versus = test_rows.get(name, {}).get("vs_best_single_gan")
+        if std is None or versus is None:
+            continue
+        parts.append(f"{name} {std:.3f} (test split: paired {versus['se']:.3f}, unpaired "
+                     f"{versus['unpaired_se']:.3f})")
+    if not parts:
+        return []
+    best = next(iter(test_rows.values()))["vs_best_single_gan"]["best"]
+    return ["", f"Check of the test split's intervals: over {check['n_subsets']} disjoint "
+            f"subsets of {check['size']:,} held-out particles (the test split's number), the "
+            f"standard deviation of each model's channel-WS minus {best}'s (first generation "
+            f"of each seed) against the standard error the test split gave it: "
+            + "; ".join(parts) + "."]
 
 
 def _heldout_table(heldout: dict[str, Any]) -> list[str]:
@@ -587,8 +675,9 @@ def _versus_cell(row: dict[str, Any]) -> str:
     versus = row.get("vs_best_single_gan")
     if versus is None or versus["best"] == row["model"]:
         return "-"
-    return f"{versus['relative']:+.0%}" + {True: " *", False: "", None: " ?"}[
-        versus["significant"]]
+    return (f"{versus['relative']:+.0%} +- "
+            f"{versus['interval_half_width'] / versus['best_ws_mean']:.0%}"
+            + {True: " *", False: "", None: " ?"}[versus["significant"]])
 
 
 def _cell(value: float | None, spec: str = ".2f") -> str:

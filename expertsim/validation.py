@@ -166,13 +166,47 @@ def _model_pairs(generated: dict, reference: dict, matched: tuple | None, path: 
     if matched is None:
         return np.arange(len(source_row)), source_row
     rows_a, rows_b = matched
-    first_of = np.full(len(reference["photon_sum"]), -1)
+    first_of = np.full(len(reference["condition_id"]), -1)
     first_of[source_row[::-1]] = np.arange(len(source_row))[::-1]
     generated_rows = first_of[rows_a]
     if (generated_rows < 0).any():
         raise DataSchemaError(f"{path}: no generated event for {(generated_rows < 0).sum()} of "
                               "the reference's repeated particles; generate on all its rows")
     return generated_rows, rows_b
+
+
+def matched_channels(generated_paths: list[str | os.PathLike], reference_path: str | os.PathLike
+                     ) -> tuple[list[np.ndarray], np.ndarray]:
+    """(per generated file, its channel sums (n, 5); the reference channel sums (n, 5) they
+    are scored against), paired as the headline pairs them (matched: the generation for each
+    particle of MC repeat A against repeat B; unmatched: each row against its source row), in
+    the default channel convention: several models' files on one reference, row i the same
+    particle in all (metrics.paired_difference_standard_error)."""
+    reference_path = Path(reference_path)
+
+    def channels(path: Path) -> np.ndarray:
+        with EventFile(path) as events:
+            return np.concatenate([
+                channel_sums(events.image_range(start, min(start + READ_BLOCK, events.n_events)))
+                for start in range(0, events.n_events, READ_BLOCK)])
+
+    with EventFile(reference_path) as events:
+        condition_id = events.derived("condition_id")
+    pairs = metrics.repeat_pairs(condition_id)
+    matched = pairs if len(pairs[0]) >= metrics.MIN_TRUSTED_EVENTS else None
+    generated_NC, reference_rows = [], None
+    for path in map(Path, generated_paths):
+        with EventFile(path) as events:
+            source_row = events.extra("source_row")
+        if source_row is None or len(source_row) == 0 or source_row.max() >= len(condition_id):
+            raise DataSchemaError(f"{path}: not generated on {reference_path}'s conditions "
+                                  f"(expertsim sample --conditions {reference_path})")
+        rows, reference_rows = _model_pairs({"source_row": source_row},
+                                            {"condition_id": condition_id}, matched, path)
+        generated_NC.append(channels(path)[rows])
+    if reference_rows is None:
+        raise ConfigError("matched_channels needs at least one generated file")
+    return generated_NC, channels(reference_path)[reference_rows]
 
 
 def _ws_mean(generated: dict, reference: dict, key: str = "channels") -> float:

@@ -93,7 +93,7 @@ def test_ablation_base_is_the_study_mixture(zn_file, zp_file):
     """The ablation varies the shipped ExpertSim-3 and one GAN: its base configs must resolve to
     the study's (the study reuses one folder's runs in the other only when they do)."""
     for data in (zn_file, zp_file):
-        for study, ablation in (("1_expertsim3", "1_expertsim3"), ("2_single_gan", "4_single")):
+        for study, ablation in (("1_expertsim3", "1_expertsim3"), ("2_single_gan", "5_single")):
             shipped = load_config(f"training/study/{study}.yaml", [f"data.path={data}"]).flat()
             varied = load_config(f"training/ablation/{ablation}.yaml",
                                  [f"data.path={data}"]).flat()

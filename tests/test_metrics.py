@@ -95,6 +95,44 @@ def test_half_sampling_error_matches_the_spread_of_independent_samples():
         assert 0.7 * truth < np.median(estimates) < 1.4 * truth, (shift, truth, estimates)
 
 
+def test_error_of_a_difference_of_two_models_on_the_same_particles():
+    """Two models scored against one reference on the same particles: the paired
+    half-sampling error of their channel-WS difference agrees with the spread of that
+    difference over independent repetitions (new particles, reference and generations), as
+    does the scatter over disjoint subsets of one large sample; the two errors taken as
+    independent overstate it (the shared reference cancels in the difference)."""
+    rng = np.random.default_rng(0)
+    n = 500
+
+    def draw(size: int):
+        level = rng.uniform(0.2, 1.0, size=(size, 1)) * np.array([1.0, 2.0, 3.0, 4.0, 10.0])
+        reference = rng.poisson(50 * level).astype(float)
+        return {"a": [rng.poisson(50 * level * 1.03).astype(float)],
+                "b": [rng.poisson(50 * level * 1.10).astype(float)]}, reference
+
+    def ws(samples, reference, index):
+        return metrics.channel_wasserstein(samples[0][index], reference[index]).mean()
+
+    everything = np.arange(n)
+    truth = np.std([ws(g["a"], ref, everything) - ws(g["b"], ref, everything)
+                    for g, ref in (draw(n) for _ in range(100))], ddof=1)
+    paired, unpaired = [], []
+    for _ in range(5):
+        generated, reference = draw(n)
+        paired.append(metrics.paired_difference_standard_error(generated, reference, "b",
+                                                               n_draws=100)["a"])
+        unpaired.append(np.hypot(*(metrics.half_sample_standard_error(
+            lambda index, name=name: ws(generated[name], reference, index), n, n_draws=100)
+            for name in "ab")))
+    assert 0.75 * truth < np.mean(paired) < 1.3 * truth, (truth, paired)
+    assert np.mean(unpaired) > 1.2 * np.mean(paired), (paired, unpaired)
+    generated, reference = draw(100 * n)
+    spread = metrics.disjoint_difference_spread(generated, reference, "b", n)
+    assert spread["n_subsets"] == 100
+    assert 0.75 * truth < spread["std"]["a"] < 1.3 * truth, (truth, spread)
+    assert spread["mean"]["a"] < 0  # a is the closer model
+
+
 def test_repeat_pairs_and_paired_distances():
     a, b = metrics.repeat_pairs(np.array([3, 3, 5, 8, 8, 8]))
     assert a.tolist() == [0, 3] and b.tolist() == [1, 4]

@@ -60,6 +60,11 @@ def test_study_writes_the_table_plots_and_runs(study):
     assert mixture["vs_best_single_gan"]["delta"] == pytest.approx(
         mixture["ws_mean"] - summary["rows"][0]["ws_mean"])
     assert mixture["vs_best_single_gan"]["significant"] is None  # one seed: spread unknown
+    # the difference's interval is paired: both models half-sampled on the same particles
+    versus = mixture["vs_best_single_gan"]
+    assert versus["interval"] == "paired half-sampling" and versus["se"] > 0
+    assert versus["interval_half_width"] == pytest.approx(1.96 * versus["se"])
+    assert summary["n_test_pairs"] >= 16
     table = (output / "table.md").read_text()
     assert "| cgan | 1 |" in table and "| expertsim-3 | 3 |" in table
     assert "| nn-lookup | 0 |" in table
@@ -113,6 +118,26 @@ def test_a_finished_run_is_not_reused_under_other_settings(study, zn_file):
     assert "runs/cgan/seed0/result.json: this finished run was made with other settings" in \
         result.output
     assert "optim.lr_generator: 0.00033 then, 0.01 now" in result.output
+
+
+def test_a_renamed_config_reuses_its_runs_under_the_new_name(study, zn_file, tmp_path):
+    """Only the name changed: the copied runs are reused and tabulated under the new name;
+    a setting changed as well: refused as before."""
+    output = tmp_path / "study"
+    shutil.copytree(study[0], output)
+    shutil.move(output / "runs/cgan", output / "runs/renamed")
+    renamed = tmp_path / "renamed.yaml"
+    renamed.write_text((STUDY_CONFIGS / "3_cgan.yaml").read_text().replace(
+        "name: cgan", "name: renamed"))
+    args = ["study", "--data", str(zn_file), "--seeds", "1", "-o", str(output),
+            "--generations", "2", *TINY, "--configs", str(renamed)]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0 and "renamed seed 0: done before, reused" in result.output
+    rows = json.loads((output / "study.json").read_text())["rows"]
+    assert [row["model"] for row in rows] == ["renamed", "nn-lookup"]
+    assert "| renamed | 1 |" in (output / "table.md").read_text()
+    refused = CliRunner().invoke(main, [*args, "--set", "optim.lr_generator=0.01"])
+    assert refused.exit_code == 2 and "made with other settings" in refused.output
 
 
 def test_study_configs_need_distinct_names(tmp_path):
@@ -173,7 +198,7 @@ def test_heldout_file_gets_its_own_table_and_reuses_reports(study, zn_file, tmp_
 
     output = tmp_path / "study"
     shutil.copytree(study[0], output)
-    heldout = simulate_file(tmp_path / "heldout.h5", "ZN", 1200, seed=31, repeat=2)
+    heldout = simulate_file(tmp_path / "heldout.h5", "ZN", 3200, seed=31, repeat=2)
     args = ["study", "--data", str(zn_file), "--seeds", "1", "-o", str(output),
             "--generations", "2", *TINY, "--heldout", str(heldout)]
     for config in ("3_cgan.yaml", "1_expertsim3.yaml"):
@@ -182,13 +207,20 @@ def test_heldout_file_gets_its_own_table_and_reuses_reports(study, zn_file, tmp_
     assert "held out: validating cgan seed 0" in log and "validating expertsim-3 seed 0" in log
     held = json.loads((output / "study.json").read_text())["heldout"]
     assert [row["model"] for row in held["rows"]] == ["cgan", "expertsim-3", "nn-lookup"]
-    assert held["n_events"] < 2400  # events with light only
+    assert held["n_events"] < 3200  # events with light only
     for row in held["rows"]:
         assert row["ratio_to_floor"] == pytest.approx(row["ws_mean"] / row["floor_ws"], rel=0.05)
         assert row["ws_se"] > 0 and 0 <= row["classifier_auc"] <= 1
     assert held["rows"][1]["vs_best_single_gan"]["best"] == "cgan"
+    assert held["rows"][1]["vs_best_single_gan"]["interval"] == "paired half-sampling"
+    # the test split's intervals checked on disjoint held-out subsets of its size
+    check = held["test_size_check"]
+    n_test = json.loads((output / "study.json").read_text())["n_test_pairs"]
+    assert check["size"] == n_test and check["n_subsets"] >= 3
+    assert check["std"]["expertsim-3"] > 0 and "nn-lookup" not in check["std"]
     table = (output / "table.md").read_text()
     assert "Held out: the same models on `heldout.h5`" in table
+    assert f"disjoint subsets of {n_test:,} held-out particles" in table
     assert table.count("| expertsim-3 | 3 |") == 2
     # a second run reuses the reports; one whose generations are gone is made again
     (output / "heldout/cgan/seed0/generated_0.h5").unlink()

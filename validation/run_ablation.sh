@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The ablation of the README (about 50 minutes on 2 CPU cores): the comparison study's
+# The ablation of the README (about an hour on 2 CPU cores): the comparison study's
 # ExpertSim-3, the same without the counting step in training, the same without the collapse
-# fix (published router terms), and one expert with the same terms; one seed, ZN built-in data
-# with every particle simulated twice (the matched MC floor). Rerun it after an interruption:
+# fix (no shared start), the same with balanced routing instead of the published router term,
+# and one expert with the same terms; one seed, ZN built-in data with every particle simulated
+# twice (the matched MC floor). Rerun it after an interruption:
 # finished runs are reused. Table: studies/ablation_zn/table.md.
 set -euo pipefail
 EXPERTSIM=${EXPERTSIM:-expertsim}
