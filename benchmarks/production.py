@@ -18,8 +18,9 @@ path as the sampler runs it, with the experts rewritten for inference
 the export (``expertsim export``) run by the O2 replica (``expertsim.o2``): classifier, then
 generator, counts drawn in the graph, O2's truncation; at batch 1 exactly what O2 runs, at
 larger batches the same graphs given many particles per call (in calls of 256, as the
-sampler's chunks). ``--student MODEL`` adds a lighter model (``expertsim distill``) with
-the kinds of --student-variants, judged against the same unaccelerated model.
+sampler's chunks). ``--student MODEL`` adds a lighter model of the same detector (a
+student of ``expertsim distill``, or the same configuration trained with fewer generator
+channels) with the kinds of --student-variants, judged against the same unaccelerated model.
 
 Speed. Events per second at batch 1 / 100 / 10,000 on 1 and 2 threads (PyTorch intra-op
 threads; ONNX Runtime intra-op threads) and, for the sampler's float32 and bfloat16 paths, on

@@ -204,8 +204,7 @@ class FoldedExpert(nn.Module):
         f_BF, placement_BP = condition_features(generator.features, c_BK)
         h = F.leaky_relu(generator.dense.single(torch.cat([z_BZ, f_BF], dim=1), expert), 0.2)
         h = h.view(-1, self.n_main[0], *generator.seed_shape)
-        centre_B2 = (None if generator.position is None else generator.position.draw(
-            f_BF, placement_BP, lambda layer, x: layer.single(x, expert)))
+        centre_B2 = self.centre(f_BF, placement_BP)
         small = tuple(generator.seed_shape)
         middle, canvas = (2 * small[0], 2 * small[1]), (4 * small[0], 4 * small[1])
         # the extra channels' factors, once per map size (the last two layers share them)
@@ -226,6 +225,20 @@ class FoldedExpert(nn.Module):
         rows, cols = generator.image_shape
         return generator.output(y[:, :rows, :cols, 0], z_BZ, f_BF,
                                 lambda layer, x: layer.single(x, expert))
+
+    def centre(self, f_BF: torch.Tensor, placement_BP: torch.Tensor | None
+               ) -> torch.Tensor | None:
+        """The shower centre (B, 2) from the conditioning features and placement inputs
+        (None without positional conditioning), always in float32: under bfloat16 autocast the
+        placement map's rounding moved the centroids of ZP showers by 0.07 fibres on average
+        from float32's (the study's seed-0 model, 4,096 held-out particles), by 0.0025 with the
+        centre in float32; and the extra channels' factors are cheaper in float32 on a CPU."""
+        generator, expert = self.generator, self.expert
+        if generator.position is None:
+            return None
+        with torch.autocast(f_BF.device.type, enabled=False):
+            return generator.position.draw(f_BF.float(), placement_BP.float(),
+                                           lambda layer, x: layer.single(x, expert))
 
     @staticmethod
     def _add_extra_(y_BHWO: torch.Tensor, factors: tuple | None, kernel: torch.Tensor,
