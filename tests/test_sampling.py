@@ -236,6 +236,35 @@ def test_faint_fibres_drawn_as_one_total_keep_every_fibres_poisson_law(faint_up_
     assert np.abs(off_diagonal).max() < 5 / np.sqrt(n)  # a fixed total would anticorrelate
 
 
+def test_faint_photons_land_only_on_lit_fibres_of_sparse_images():
+    """The faint photons are placed block by block (photon_counts._place): on ZN-sized images
+    with whole blocks dark, lit fibres down to 1e-12 photons and a row lit in one corner only,
+    no photon lands on a dark fibre, every row gets one (given at least one photon), and the
+    photons of rows without the redraw match their expectation in number and in place."""
+    from expertsim.photon_counts import poisson_counts
+
+    rng = np.random.default_rng(1)
+    expected = rng.exponential(0.01, size=(4000, 44, 44))
+    expected[expected < 0.02] = 0.0  # ~86 % of the fibres dark
+    expected[:, :, :11] = 0.0  # whole blocks of 44 fibres dark
+    expected[:, -1, -1] = 1e-12
+    expected[::7] = 0.0
+    expected[::7, 0, 0] = 1e-3  # one lit fibre, far from the others
+    counts = poisson_counts(expected, seed=2, nonempty=True)
+    assert not counts[expected == 0].any()
+    totals = counts.reshape(len(counts), -1).sum(axis=1)
+    assert totals.min() >= 1 and np.all(counts[::7, 0, 0] == totals[::7])
+    plain = np.ones(len(counts), dtype=bool)
+    plain[::7] = False
+    mean = expected[plain].sum() / plain.sum()
+    assert abs(totals[plain].mean() - mean) < 5 * np.sqrt(mean / plain.sum())
+    # and where they land: the photons of each image row (a block of 44 fibres) and column
+    rows_expected, rows_drawn = expected[plain].sum(axis=(0, 2)), counts[plain].sum(axis=(0, 2))
+    cols_expected, cols_drawn = expected[plain].sum(axis=(0, 1)), counts[plain].sum(axis=(0, 1))
+    for drawn, mean in ((rows_drawn, rows_expected), (cols_drawn, cols_expected)):
+        assert np.all(np.abs(drawn - mean) < 5 * np.sqrt(mean) + 1)
+
+
 def test_keyed_uniforms_are_uniform_and_uncorrelated():
     from expertsim.photon_counts import keyed_uniforms
 
